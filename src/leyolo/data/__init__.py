@@ -1,0 +1,1 @@
+"""Data: image decoding, dataset descriptions (data.yaml), and later training datasets."""
