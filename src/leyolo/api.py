@@ -1,0 +1,247 @@
+"""``Detector``: one object with the verbs a practitioner uses (predict, val, export, save, info).
+
+``load()`` accepts a registered model name, the authors' published ``.pt`` checkpoint, this
+library's ``.safetensors`` checkpoint, or an exported ``.onnx`` file.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from .errors import LeyoloError
+from .flops import count_gflops, count_params
+from .inference.backends import BACKENDS, OnnxRuntimeBackend, TorchBackend
+from .inference.predictor import PredictConfig, Predictor
+from .inference.sources import Frame, iter_frames, resolve_source
+from .models.detector import DetectionModel, ModelMeta
+from .registry import create_model, get_entry, list_models
+from .structures import Results
+from .weights import load_native, load_published, published_state_dict, read_native_metadata, save_native
+
+PUBLISHED_CANDIDATES = ("leyolo-n", "leyolo-s", "leyolo-m")
+
+
+class Detector:
+    """A detection model plus the metadata that travels with it.
+
+    Either ``model`` (a PyTorch ``DetectionModel``) or ``onnx_path`` is set; an ONNX-only
+    detector predicts and validates with onnxruntime.
+    """
+
+    def __init__(self, model: DetectionModel | None = None, onnx_path: Path | None = None, meta: ModelMeta | None = None):
+        if model is None and onnx_path is None:
+            raise ValueError("a Detector needs a model or an ONNX file")
+        self.model = model
+        self.onnx_path = onnx_path
+        self.meta = meta or model.meta  # type: ignore[union-attr]
+        self._onnx_cache: dict[tuple[int, bool], Path] = {}
+        self._tmpdir: tempfile.TemporaryDirectory | None = None
+
+    def __repr__(self) -> str:
+        where = "torch" if self.model is not None else f"onnx:{self.onnx_path}"
+        return f"Detector({self.meta.arch}, {len(self.names)} classes, imgsz={self.meta.imgsz}, {where})"
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.meta.names)
+
+    # -- backends -------------------------------------------------------------------------
+    def _require_model(self, verb: str) -> DetectionModel:
+        if self.model is None:
+            raise LeyoloError(f"{verb} needs PyTorch weights; {self.onnx_path} is an exported ONNX file")
+        return self.model
+
+    def onnx_file(self, imgsz: int) -> Path:
+        """An ONNX export of this model with dynamic shapes (cached in a temporary folder)."""
+        if self.onnx_path is not None:
+            return self.onnx_path
+        from .deploy.export import export_onnx
+
+        key = (imgsz, True)
+        if key not in self._onnx_cache:
+            if self._tmpdir is None:
+                self._tmpdir = tempfile.TemporaryDirectory(prefix="leyolo-")
+            path = Path(self._tmpdir.name) / f"{self.meta.arch}-{imgsz}.onnx"
+            self._onnx_cache[key] = export_onnx(self._require_model("export"), path, imgsz, dynamic=True)
+        return self._onnx_cache[key]
+
+    def backend(self, name: str = "torch", imgsz: int | None = None, device: str = "cpu"):
+        """Instantiate a backend by name (``torch`` or ``onnxruntime``)."""
+        if name not in BACKENDS:
+            raise LeyoloError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
+        if name == "torch":
+            return TorchBackend(self._require_model("the torch backend"), device)
+        return OnnxRuntimeBackend(self.onnx_file(imgsz or self.meta.imgsz))
+
+    def predictor(self, backend: str = "torch", device: str = "cpu", **config: Any) -> Predictor:
+        """A ``Predictor`` with this model's preprocessing and the given thresholds."""
+        config.setdefault("imgsz", self.meta.imgsz)
+        engine = self.backend(backend, config["imgsz"], device)
+        square = False
+        fixed = getattr(engine, "fixed_hw", None)
+        if fixed is not None:
+            if fixed[0] != fixed[1]:
+                raise LeyoloError(f"{self.onnx_path}: fixed non-square input {fixed} is not supported")
+            if config["imgsz"] != fixed[0]:
+                raise LeyoloError(f"{self.onnx_path} was exported for --imgsz {fixed[0]}, not {config['imgsz']}")
+            square = True
+        cfg = PredictConfig(stride=self.meta.stride, pad_value=self.meta.pad_value, square=square, **config)
+        return Predictor(engine, self.names, cfg)
+
+    # -- verbs ----------------------------------------------------------------------------
+    def predict(
+        self,
+        images: np.ndarray | str | Path | Sequence[np.ndarray | str | Path],
+        *,
+        backend: str = "torch",
+        device: str = "cpu",
+        **config: Any,
+    ) -> list[Results]:
+        """Detect objects in BGR arrays and/or image paths; one ``Results`` per image.
+
+        Keyword arguments are ``PredictConfig`` fields (``imgsz``, ``conf``, ``iou``,
+        ``max_det``, ``multi_label``, ``batch``). Unreadable paths raise ``LeyoloError``.
+        """
+        items = [images] if isinstance(images, (np.ndarray, str, Path)) else list(images)
+        arrays, paths = [], []
+        for item in items:
+            if isinstance(item, np.ndarray):
+                arrays.append(item)
+                paths.append(None)
+            else:
+                frame = next(iter_frames([Path(item)]))
+                if frame.image is None:
+                    raise LeyoloError(frame.error or f"{item}: unreadable")
+                arrays.append(frame.image)
+                paths.append(str(item))
+        return self.predictor(backend, device, **config).predict_arrays(arrays, paths)
+
+    def stream(
+        self, source: str | Path, *, backend: str = "torch", device: str = "cpu", **config: Any
+    ) -> Iterator[Results | Frame]:
+        """Predict over an image, folder, glob or video lazily; unreadable files come back as ``Frame``."""
+        files = resolve_source(source)
+        return self.predictor(backend, device, **config).stream(iter_frames(files))
+
+    def val(self, data: str | Path, **kwargs: Any) -> dict[str, Any]:
+        """COCO metrics on a dataset's val split; see ``leyolo.engine.validate.validate``."""
+        from .engine.validate import validate
+
+        return validate(self, data, **kwargs)
+
+    def export(self, path: str | Path | None = None, *, format: str = "onnx", imgsz: int | None = None,
+               dynamic: bool = False) -> Path:
+        """Write an exported model; returns its path."""
+        from .deploy.export import export_onnx
+
+        if format != "onnx":
+            raise LeyoloError(f"unsupported export format {format!r} (available: onnx)")
+        imgsz = imgsz or self.meta.imgsz
+        path = Path(path) if path is not None else Path(f"{self.meta.arch}-{imgsz}.onnx")
+        return export_onnx(self._require_model("export"), path, imgsz, dynamic)
+
+    def save(self, path: str | Path) -> Path:
+        """Save in this library's format (safetensors + metadata), atomically."""
+        model = self._require_model("save")
+        meta = {
+            "arch": self.meta.arch, "names": self.names, "imgsz": self.meta.imgsz, "stride": self.meta.stride,
+            "pad_value": self.meta.pad_value, "nc": model.nc, **({"extra": self.meta.extra} if self.meta.extra else {}),
+        }
+        return save_native(model.state_dict(), meta, path)
+
+    def info(self, imgsz: int | None = None) -> dict[str, Any]:
+        """Parameter count and GFLOPs (2 x MACs, BatchNorm unfused) at ``imgsz``."""
+        model = self._require_model("info")
+        imgsz = imgsz or self.meta.imgsz
+        if imgsz <= 0 or imgsz % 32:
+            raise LeyoloError(f"--imgsz must be a positive multiple of 32, got {imgsz}")
+        return {"model": self.meta.arch, "params": count_params(model), "gflops": round(count_gflops(model, imgsz), 4),
+                "imgsz": imgsz}
+
+
+def _detect_published_arch(ck) -> DetectionModel:
+    nc = len(ck.names) or 80
+    errors = []
+    for name in PUBLISHED_CANDIDATES:
+        model = create_model(name, nc=nc, names=ck.names or None)
+        try:
+            model.load_state_dict(published_state_dict(ck, model))
+            return model
+        except LeyoloError as exc:
+            errors.append(str(exc))
+    raise LeyoloError(f"checkpoint matches no LeYOLO architecture ({errors[0]})")
+
+
+def load(source: str | Path, *, arch: str | None = None) -> Detector:
+    """Load a model by registered name or from a file.
+
+    Args:
+        source: ``"leyolo-n"`` (untrained), a published ``.pt``, a ``.safetensors`` written by
+            this library, or an ``.onnx`` export.
+        arch: force the architecture of a published ``.pt`` instead of detecting it.
+    """
+    text = str(source)
+    if text in list_models():
+        return Detector(create_model(text))
+    path = Path(text)
+    if not path.exists():
+        hint = f"; known model names: {', '.join(list_models())}" if not path.suffix else ""
+        raise LeyoloError(f"{path}: no such file{hint}")
+    if path.is_dir():
+        raise LeyoloError(f"{path}: is a directory, expected a model file")
+    suffix = path.suffix.lower()
+    if suffix == ".onnx":
+        from .deploy.export import read_onnx_metadata
+
+        info = read_onnx_metadata(path)
+        meta = ModelMeta(info.get("arch", "onnx"), list(info["names"]), int(info.get("imgsz", 640)),
+                         int(info.get("stride", 32)), int(info.get("pad_value", 114)))
+        return Detector(onnx_path=path, meta=meta)
+    if suffix == ".safetensors":
+        return _load_native(path)
+    if suffix in (".pt", ".pth"):
+        ck = load_published(path)
+        if arch is not None:
+            model = create_model(arch, nc=len(ck.names) or 80, names=ck.names or None)
+            model.load_state_dict(published_state_dict(ck, model))
+        else:
+            model = _detect_published_arch(ck)
+        imgsz = ck.train_args.get("imgsz") if isinstance(ck.train_args.get("imgsz"), int) else model.meta.imgsz
+        model.meta.imgsz = imgsz
+        return Detector(model.float().eval())
+    raise LeyoloError(f"{path}: unknown model format {suffix!r} (expected .pt, .safetensors or .onnx)")
+
+
+def _load_native(path: Path) -> Detector:
+    meta = read_native_metadata(path)
+    arch = str(meta["arch"])
+    get_entry(arch)  # clear error for an unknown architecture
+    names = meta.get("names")
+    if not isinstance(names, list) or not names:
+        raise LeyoloError(f"{path}: metadata has no class names")
+    model = create_model(arch, nc=len(names), names=[str(n) for n in names])
+    tensors, _ = load_native(path)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(tensors))
+    unexpected = sorted(set(tensors) - set(own))
+    if missing or unexpected:
+        first = (missing or unexpected)[0]
+        raise LeyoloError(f"{path}: weights do not fit {arch} with {len(names)} classes (e.g. {first})")
+    for key, tensor in tensors.items():
+        if tensor.shape != own[key].shape:
+            raise LeyoloError(f"{path}: weights do not fit {arch}: {key} has shape {tuple(tensor.shape)}, "
+                              f"expected {tuple(own[key].shape)}")
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in tensors.items()})
+    model.meta.imgsz = int(meta.get("imgsz", model.meta.imgsz))
+    model.meta.extra = dict(meta.get("extra", {}))
+    return Detector(model.eval())
+
+
+def convert(source: str | Path, out: str | Path) -> Path:
+    """Rewrite any loadable PyTorch model (e.g. a published ``.pt``) in this library's format."""
+    return load(source).save(out)

@@ -1,0 +1,1 @@
+"""Deployment: export (ONNX), later quantization and pruning."""

@@ -1,0 +1,1 @@
+"""Engine: evaluation now; training later."""

@@ -1,0 +1,1 @@
+"""Inference: image sources, backends (torch, onnxruntime) and the predictor that joins them."""

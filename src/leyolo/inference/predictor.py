@@ -1,0 +1,178 @@
+"""The predictor: frames -> letterbox -> batched backend -> shared postprocess -> ``Results``."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Sequence
+
+import cv2
+import numpy as np
+
+from ..data.images import to_bgr8
+from ..errors import LeyoloError
+from ..ops import LetterboxInfo, letterbox, postprocess, unletterbox_boxes
+from ..structures import Results
+from .backends import Backend
+from .sources import Frame
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """Knobs of one prediction run. Defaults are the ``predict`` ones; validation overrides them."""
+
+    imgsz: int = 640
+    conf: float = 0.25
+    iou: float = 0.7
+    max_det: int = 300
+    multi_label: bool = False
+    batch: int = 1
+    stride: int = 32
+    pad_value: int = 114
+    square: bool = False  # pad to imgsz x imgsz (fixed-shape exports) instead of the next multiple of stride
+    max_candidates: int = 30000
+
+    def validate(self) -> "PredictConfig":
+        if self.imgsz <= 0 or self.imgsz % self.stride:
+            raise LeyoloError(f"--imgsz must be a positive multiple of {self.stride}, got {self.imgsz}")
+        if not 0.0 <= self.conf <= 1.0:
+            raise LeyoloError(f"--conf must be in [0, 1], got {self.conf}")
+        if not 0.0 <= self.iou <= 1.0:
+            raise LeyoloError(f"--iou must be in [0, 1], got {self.iou}")
+        if self.max_det < 1:
+            raise LeyoloError(f"--max-det must be at least 1, got {self.max_det}")
+        if self.batch < 1:
+            raise LeyoloError(f"--batch must be at least 1, got {self.batch}")
+        return self
+
+
+@dataclass
+class _Prepared:
+    frame: Frame
+    blob: np.ndarray | None  # [1, 3, H, W] float32 RGB in [0, 1]
+    info: LetterboxInfo | None
+    seconds: float = 0.0
+
+
+class Predictor:
+    """Runs a backend over images with the reference letterbox and NMS.
+
+    Args:
+        backend: produces decoded ``[B, 4 + nc, A]`` from a float batch.
+        names: class names.
+        config: thresholds, image size, batch size.
+    """
+
+    def __init__(self, backend: Backend, names: Sequence[str], config: PredictConfig) -> None:
+        self.backend = backend
+        self.names = list(names)
+        self.config = config.validate()
+
+    def prepare(self, image: np.ndarray) -> tuple[np.ndarray, LetterboxInfo]:
+        """BGR uint8 image -> network blob ``[1, 3, H, W]`` and the letterbox it used."""
+        cfg = self.config
+        boxed, info = letterbox(image, cfg.imgsz, cfg.stride, cfg.pad_value, auto=not cfg.square)
+        return cv2.dnn.blobFromImage(boxed, 1 / 255.0, swapRB=True), info
+
+    def _prepare_frame(self, frame: Frame) -> _Prepared:
+        if frame.image is None:
+            return _Prepared(frame, None, None)
+        start = time.perf_counter()
+        try:
+            blob, info = self.prepare(to_bgr8(frame.image, frame.path))
+        except LeyoloError as exc:
+            return _Prepared(Frame(frame.path, None, frame.frame, str(exc)), None, None)
+        return _Prepared(frame, blob, info, time.perf_counter() - start)
+
+    def _run_group(self, group: list[_Prepared]) -> list[Results]:
+        cfg = self.config
+        start = time.perf_counter()
+        batch = group[0].blob if len(group) == 1 else np.concatenate([p.blob for p in group])
+        raw = self.backend(batch)
+        infer = time.perf_counter() - start
+        out = []
+        for p, pred in zip(group, raw):
+            t0 = time.perf_counter()
+            det = postprocess(pred, cfg.conf, cfg.iou, cfg.max_det, cfg.multi_label, cfg.max_candidates)
+            boxes = unletterbox_boxes(det.boxes, p.info)
+            speed = {"preprocess": p.seconds, "inference": infer / len(group), "postprocess": time.perf_counter() - t0}
+            out.append(
+                Results(boxes, det.scores, det.classes, self.names, p.info.original_shape, p.frame.path, p.frame.frame, speed)
+            )
+        return out
+
+    def stream(self, frames: Iterable[Frame], prefetch: bool = True) -> Iterator[Results | Frame]:
+        """Yield a ``Results`` per readable frame and the ``Frame`` itself (with ``error``) per unreadable one.
+
+        Decoding and letterboxing of the next images run in a helper thread while the
+        backend works (OpenCV releases the GIL), so they mostly hide behind inference.
+        Images with the same letterboxed shape are batched together, up to ``batch``.
+        """
+        prepared = self._prefetched(frames) if prefetch else map(self._prepare_frame, frames)
+        group: list[_Prepared] = []
+        for item in prepared:
+            if item.blob is None:
+                yield from self._flush(group)
+                group = []
+                yield item.frame
+                continue
+            if group and (item.blob.shape != group[0].blob.shape or len(group) >= self.config.batch):
+                yield from self._flush(group)
+                group = []
+            group.append(item)
+        yield from self._flush(group)
+
+    def _flush(self, group: list[_Prepared]) -> Iterator[Results]:
+        if group:
+            yield from self._run_group(group)
+
+    def _prefetched(self, frames: Iterable[Frame]) -> Iterator[_Prepared]:
+        """Decode + letterbox in a producer thread, a bounded queue ahead of the consumer."""
+        items: queue.Queue = queue.Queue(maxsize=max(2, 2 * self.config.batch))
+        stop = threading.Event()
+        done = object()
+
+        def produce() -> None:
+            try:
+                for frame in frames:
+                    if stop.is_set():
+                        return
+                    items.put(self._prepare_frame(frame))
+            except BaseException as exc:  # handed to the consumer, re-raised there
+                items.put(exc)
+            finally:
+                items.put(done)
+
+        worker = threading.Thread(target=produce, name="leyolo-decode", daemon=True)
+        worker.start()
+        try:
+            while True:
+                item = items.get()
+                if item is done:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            while worker.is_alive():  # unblock a producer waiting on a full queue
+                try:
+                    items.get(timeout=0.05)
+                except queue.Empty:
+                    pass
+            worker.join()
+
+    def predict_arrays(self, images: Sequence[np.ndarray], paths: Sequence[str | None] | None = None) -> list[Results]:
+        """Predict on in-memory BGR images (any of: HxW, HxWx3, HxWx4, uint8/uint16/float)."""
+        paths = list(paths) if paths is not None else [None] * len(images)
+        frames = [Frame(p or "", img) for p, img in zip(paths, images)]
+        results: list[Results] = []
+        for item in self.stream(frames, prefetch=False):
+            if isinstance(item, Frame):
+                raise LeyoloError(item.error or "unreadable image")
+            if not item.path:
+                item.path = None
+            results.append(item)
+        return results
