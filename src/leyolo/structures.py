@@ -30,6 +30,7 @@ class Results:
         orig_shape: ``(h, w)`` of the original image.
         path: where the image came from (``None`` for arrays).
         frame: frame index for video sources.
+        image: the original BGR image (a reference, not a copy), for drawing.
     """
 
     boxes: np.ndarray
@@ -40,6 +41,7 @@ class Results:
     path: str | None = None
     frame: int | None = None
     speed: dict[str, float] = field(default_factory=dict)
+    image: np.ndarray | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -83,8 +85,12 @@ class Results:
             lines.append(f"{row} {score:.5f}" if with_conf else row)
         return lines
 
-    def draw(self, image: np.ndarray, line_width: int | None = None) -> np.ndarray:
-        """A copy of ``image`` (BGR) with boxes, class names and scores drawn on it."""
+    def draw(self, image: np.ndarray | None = None, line_width: int | None = None) -> np.ndarray:
+        """A copy of ``image`` (default: the original) with boxes, class names and scores drawn on it."""
+        if image is None:
+            if self.image is None:
+                raise ValueError("no image to draw on: pass one")
+            image = self.image
         canvas = image.copy()
         lw = line_width or max(round(sum(canvas.shape[:2]) / 2 * 0.003), 2)
         font_scale = lw / 3

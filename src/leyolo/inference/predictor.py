@@ -99,7 +99,8 @@ class Predictor:
             boxes = unletterbox_boxes(det.boxes, p.info)
             speed = {"preprocess": p.seconds, "inference": infer / len(group), "postprocess": time.perf_counter() - t0}
             out.append(
-                Results(boxes, det.scores, det.classes, self.names, p.info.original_shape, p.frame.path, p.frame.frame, speed)
+                Results(boxes, det.scores, det.classes, self.names, p.info.original_shape, p.frame.path, p.frame.frame, speed,
+                        p.frame.image)
             )
         return out
 

@@ -1,0 +1,222 @@
+"""The ``leyolo`` command. Each sub-command is a thin wrapper over one API call.
+
+``main(argv)`` returns an exit code: 0 success, 1 a problem with the inputs (reported in
+one line), 2 bad usage, 130 interrupted. Tracebacks are shown only with ``LEYOLO_DEBUG=1``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .errors import LeyoloError
+
+log = logging.getLogger("leyolo")
+
+EPILOG = """examples:
+  leyolo info --model leyolo-s --imgsz 640
+  leyolo predict --model LeYOLONano.pt --source images/ --save-txt
+  leyolo val --model LeYOLONano.pt --data coco-mini/data.yaml --imgsz 640 --json dets.json
+  leyolo export --model LeYOLONano.pt --format onnx --dynamic
+  leyolo convert LeYOLONano.pt leyolo-n.safetensors
+"""
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _unit_float(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+def _add_model(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", "-m", required=True,
+                   help="registered name (leyolo-n/s/m/l), published .pt, .safetensors or .onnx file")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="leyolo", description="Efficient real-time object detection: LeYOLO models on CPUs and small devices.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"leyolo {_version()}")
+    parser.add_argument("--quiet", "-q", action="store_true", help="only errors and final results")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("info", help="parameters, GFLOPs and layer table of a model")
+    _add_model(p)
+    p.add_argument("--imgsz", type=_positive_int, help="input size for GFLOPs (default: the model's)")
+    p.add_argument("--json", action="store_true", help="print one JSON line instead of the table")
+
+    p = sub.add_parser("predict", help="detect objects in images, folders, globs or videos")
+    _add_model(p)
+    p.add_argument("--source", "-s", required=True, help="image, folder, glob ('imgs/*.jpg') or video file")
+    _add_inference_args(p, conf=0.25)
+    p.add_argument("--save-dir", type=Path, help="where outputs go (default: runs/predict, numbered if it exists)")
+    p.add_argument("--no-save", action="store_true", help="do not write annotated images/videos")
+    p.add_argument("--save-txt", action="store_true", help="write YOLO txt labels (class cx cy w h conf)")
+    p.add_argument("--save-json", action="store_true", help="write COCO-format predictions.json")
+
+    p = sub.add_parser("val", help="COCO metrics on a dataset's val split (pycocotools)")
+    _add_model(p)
+    p.add_argument("--data", required=True, type=Path, help="data.yaml (YOLO txt labels and/or COCO json)")
+    p.add_argument("--split", default="val", help="which split of data.yaml to score (default: val)")
+    _add_inference_args(p, conf=0.001)
+    p.add_argument("--single-label", action="store_true",
+                   help="keep only each box's best class (as predict does); default keeps every class above conf")
+    p.add_argument("--json", type=Path, dest="json_out", help="write COCO-format detections to this file")
+    p.add_argument("--verbose", "-v", action="store_true", help="also print per-class AP")
+
+    p = sub.add_parser("export", help="export a model (ONNX)")
+    _add_model(p)
+    p.add_argument("--format", default="onnx", choices=["onnx"], help="export format")
+    p.add_argument("--imgsz", type=_positive_int, help="input size (default: the model's)")
+    p.add_argument("--dynamic", action="store_true", help="symbolic batch, height and width")
+    p.add_argument("--out", type=Path, help="output file (default: <arch>-<imgsz>.onnx)")
+
+    p = sub.add_parser("convert", help="rewrite a model in leyolo's safetensors format")
+    p.add_argument("input", help="published .pt or .safetensors")
+    p.add_argument("output", type=Path, help="destination .safetensors file")
+    return parser
+
+
+def _add_inference_args(p: argparse.ArgumentParser, conf: float) -> None:
+    p.add_argument("--imgsz", type=_positive_int, help="longest image side fed to the network (default: model's)")
+    p.add_argument("--conf", type=_unit_float, default=conf, help=f"score threshold (default {conf})")
+    p.add_argument("--iou", type=_unit_float, default=0.7, help="NMS IoU threshold (default 0.7)")
+    p.add_argument("--max-det", type=_positive_int, default=300, help="detections kept per image (default 300)")
+    p.add_argument("--batch", type=_positive_int, default=1, help="images per forward pass (default 1)")
+    p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"], help="inference engine")
+    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:0 (default cpu)")
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .api import load
+    from .summary import layer_table
+
+    detector = load(args.model)
+    info = detector.info(args.imgsz)
+    if not args.json:
+        print(layer_table(detector.model, info["imgsz"]))
+        print(f"{info['model']}: {info['params']:,} parameters, {info['gflops']:.3f} GFLOPs at {info['imgsz']}")
+    print(json.dumps(info) if args.json else "")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .api import load
+    from .inference.writers import PredictionWriter
+
+    detector = load(args.model)
+    stream = detector.stream(
+        args.source, backend=args.backend, device=args.device, imgsz=args.imgsz or detector.meta.imgsz,
+        conf=args.conf, iou=args.iou, max_det=args.max_det, batch=args.batch,
+    )
+    writer = PredictionWriter(
+        args.save_dir, args.source, save_images=not args.no_save, save_txt=args.save_txt, save_json=args.save_json,
+        quiet=args.quiet,
+    )
+    summary = writer.consume(stream)
+    for line in summary.report():
+        print(line, file=sys.stderr if line.startswith("skipped") else sys.stdout)
+    return 1 if summary.failed else 0
+
+
+def cmd_val(args: argparse.Namespace) -> int:
+    from .api import load
+    from .engine.evaluator import format_metrics
+
+    detector = load(args.model)
+    bar = None
+
+    def progress(total: int):
+        nonlocal bar
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc="val", unit="img", disable=args.quiet or None, file=sys.stderr)
+        return bar.update
+
+    try:
+        metrics = detector.val(
+            args.data, split=args.split, imgsz=args.imgsz, batch=args.batch, conf=args.conf, iou=args.iou,
+            max_det=args.max_det, single_label=args.single_label, backend=args.backend, device=args.device,
+            json_path=args.json_out, verbose=args.verbose, progress=progress,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    print(format_metrics(metrics))
+    for reason in metrics.get("skipped", []):
+        print(f"skipped: {reason}", file=sys.stderr)
+    if args.json_out:
+        print(f"detections written to {args.json_out}")
+    return 1 if metrics.get("skipped") else 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .api import load
+
+    detector = load(args.model)
+    path = detector.export(args.out, format=args.format, imgsz=args.imgsz, dynamic=args.dynamic)
+    print(f"exported {path} ({path.stat().st_size / 1e6:.2f} MB)")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .api import convert
+
+    if args.output.suffix.lower() != ".safetensors":
+        raise LeyoloError(f"{args.output}: output must end in .safetensors")
+    path = convert(args.input, args.output)
+    print(f"wrote {path}")
+    return 0
+
+
+COMMANDS = {"info": cmd_info, "predict": cmd_predict, "val": cmd_val, "export": cmd_export, "convert": cmd_convert}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse already printed usage or help
+        return int(exc.code or 0)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    logging.basicConfig(level=logging.ERROR if args.quiet else logging.WARNING, format="%(levelname)s: %(message)s")
+    try:
+        return COMMANDS[args.command](args)
+    except LeyoloError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # last resort: one line, traceback only on request
+        if os.environ.get("LEYOLO_DEBUG"):
+            raise
+        print(f"error: unexpected {type(exc).__name__}: {exc} (set LEYOLO_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
