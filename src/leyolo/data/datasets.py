@@ -53,7 +53,8 @@ def _parse_names(raw: Any, where: str) -> list[str]:
         except (TypeError, ValueError):
             raise LeyoloError(f"{where}: 'names' keys must be class indices 0..N-1, got {list(raw)[:5]}") from None
         if sorted(indexed) != list(range(len(indexed))):
-            raise LeyoloError(f"{where}: 'names' keys must be exactly 0..{len(indexed) - 1}, got {sorted(indexed)[:10]}")
+            got = sorted(indexed)[:10]
+            raise LeyoloError(f"{where}: 'names' keys must be exactly 0..{len(indexed) - 1}, got {got}")
         values = [indexed[i] for i in range(len(indexed))]
     elif isinstance(raw, list):
         values = raw

@@ -18,7 +18,7 @@ import torch
 
 from ..errors import LeyoloError
 from ..models.detector import DecodedModel, DetectionModel
-from ..weights.native import atomic_write
+from ..fileio import atomic_write
 
 ONNX_OPSET = 17
 METADATA_KEY = "leyolo"

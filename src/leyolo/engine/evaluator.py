@@ -22,7 +22,7 @@ from pycocotools.cocoeval import COCOeval
 from ..data.datasets import DatasetSpec, image_size, label_path, read_yolo_labels, split_images
 from ..errors import LeyoloError
 from ..structures import Results
-from ..weights.native import atomic_write
+from ..fileio import atomic_write
 
 LOGGER = logging.getLogger("leyolo")
 _MAX_LOGGED_PROBLEMS = 10
@@ -68,6 +68,7 @@ class CocoEvaluator:
         self.split = split
         self.names = list(spec.names)
         self.problems: list[str] = []
+        self.category_ids: list[int] = []  # class index -> COCO category id; set with the ground truth
         folder_images = split_images(spec, split)
         if split in spec.jsons:
             self._gt = self._gt_from_json(spec.jsons[split])
@@ -87,8 +88,9 @@ class CocoEvaluator:
             raise LeyoloError(f"{json_path}: not a usable COCO annotation file ({exc})") from None
         categories = sorted(gt.cats)
         if len(categories) != len(self.names):
+            yaml_name = self.spec.yaml_path.name
             raise LeyoloError(
-                f"{json_path}: {len(categories)} categories but {self.spec.yaml_path.name} names {len(self.names)} classes"
+                f"{json_path}: {len(categories)} categories but {yaml_name} names {len(self.names)} classes"
             )
         self.category_ids = categories
         for i, cat_id in enumerate(categories):

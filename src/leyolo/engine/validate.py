@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..data.datasets import load_data_yaml
+from ..errors import LeyoloError
 from ..inference.sources import Frame, iter_frames
 from .evaluator import CocoEvaluator
 
@@ -47,8 +48,11 @@ def validate(
     spec = load_data_yaml(data)
     evaluator = CocoEvaluator(spec, split)
     if len(spec.names) != len(detector.names):
-        log.warning("dataset has %d classes, model %d: class ids are compared as they are",
-                    len(spec.names), len(detector.names))
+        raise LeyoloError(f"{data}: dataset has {len(spec.names)} classes but the model has {len(detector.names)}")
+    renamed = [(d, m) for d, m in zip(spec.names, detector.names) if d != m]
+    if renamed:
+        log.warning("%d class names differ between dataset and model (e.g. %r vs %r); scoring by index",
+                    len(renamed), *renamed[0])
     predictor = detector.predictor(
         backend, device, imgsz=imgsz or detector.meta.imgsz, conf=conf, iou=iou, max_det=max_det,
         multi_label=not single_label, batch=batch,

@@ -15,7 +15,7 @@ import numpy as np
 from ..data.images import VIDEO_SUFFIXES
 from ..errors import LeyoloError
 from ..structures import Results
-from ..weights.native import atomic_write
+from ..fileio import atomic_write
 from .sources import Frame, resolve_source, video_frame_count
 
 

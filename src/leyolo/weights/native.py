@@ -8,8 +8,6 @@ Safetensors holds only tensors, so loading it can never run code; the metadata
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,26 +17,10 @@ from safetensors.torch import load_file, save_file
 from safetensors import safe_open
 
 from ..errors import LeyoloError
+from ..fileio import atomic_write
 
 FORMAT_VERSION = 1
 METADATA_KEY = "leyolo"
-
-
-def atomic_write(path: str | Path, write: Any) -> Path:
-    """Call ``write(tmp_path)`` then rename over ``path``: a crash leaves the old file intact."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def save_native(state_dict: dict[str, torch.Tensor], metadata: dict[str, Any], path: str | Path) -> Path:
