@@ -74,6 +74,8 @@ class Detector:
         """Instantiate a backend by name (``torch`` or ``onnxruntime``)."""
         if name not in BACKENDS:
             raise LeyoloError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
+        if name == "torch" and self.model is None:
+            name = "onnxruntime"  # an exported ONNX file runs only on onnxruntime; "torch" is merely the default
         if name == "torch":
             return TorchBackend(self._require_model("the torch backend"), device)
         return OnnxRuntimeBackend(self.onnx_file(imgsz or self.meta.imgsz))
@@ -226,6 +228,7 @@ def _load_native(path: Path) -> Detector:
         raise LeyoloError(f"{path}: metadata has no class names")
     model = create_model(arch, nc=len(names), names=[str(n) for n in names])
     tensors, _ = load_native(path)
+    tensors = {k: v for k, v in tensors.items() if not k.startswith("train.")}  # resume state of a checkpoint
     own = model.state_dict()
     missing = sorted(set(own) - set(tensors))
     unexpected = sorted(set(tensors) - set(own))

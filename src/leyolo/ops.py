@@ -26,7 +26,7 @@ def letterbox_shape(shape: tuple[int, int], size: int, stride: int = 32, auto: b
     """Network input (h, w) for an image of ``shape`` (h, w): longest side ``size``, padded to ``stride``."""
     h, w = shape
     r = min(size / h, size / w)
-    new_w, new_h = int(round(w * r)), int(round(h * r))
+    new_w, new_h = max(1, int(round(w * r))), max(1, int(round(h * r)))  # thin strips keep 1 pixel
     if not auto:
         return size, size
     return new_h + (size - new_h) % stride, new_w + (size - new_w) % stride
@@ -42,7 +42,7 @@ def letterbox(
     """
     h, w = image.shape[:2]
     r = min(size / h, size / w)
-    new_w, new_h = int(round(w * r)), int(round(h * r))
+    new_w, new_h = max(1, int(round(w * r))), max(1, int(round(h * r)))  # thin strips keep 1 pixel
     dw, dh = size - new_w, size - new_h
     if auto:
         dw, dh = dw % stride, dh % stride
@@ -62,8 +62,8 @@ def unletterbox_boxes(boxes: np.ndarray, info: LetterboxInfo) -> np.ndarray:
     out[:, [1, 3]] -= info.pad[1]
     out /= info.ratio
     h, w = info.original_shape
-    np.clip(out[:, [0, 2]], 0, w, out=out[:, [0, 2]])
-    np.clip(out[:, [1, 3]], 0, h, out=out[:, [1, 3]])
+    out[:, [0, 2]] = np.clip(out[:, [0, 2]], 0, w)  # (fancy indexing copies: ``out=`` would clip nothing)
+    out[:, [1, 3]] = np.clip(out[:, [1, 3]], 0, h)
     return out
 
 

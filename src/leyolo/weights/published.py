@@ -18,6 +18,7 @@ records carried (class names, strides, BatchNorm eps).
 from __future__ import annotations
 
 import collections
+import math
 import pickle
 import zipfile
 from dataclasses import dataclass, field
@@ -76,7 +77,11 @@ class InertRecord:
 
 
 def _rebuild_tensor(storage: torch.Tensor, offset: int, size: tuple, stride: tuple, *_: Any) -> torch.Tensor:
-    return torch.as_strided(storage, size, stride, offset).clone() if storage.numel() else storage.new_empty(size)
+    if storage.numel():
+        return torch.as_strided(storage, size, stride, offset).clone()  # bounds-checked by torch
+    if math.prod(size):  # an empty storage can only back an empty tensor (else: garbage memory)
+        raise LeyoloError(f"corrupt checkpoint: a tensor of shape {tuple(size)} has no stored data")
+    return storage.new_empty(size)
 
 
 def _rebuild_parameter(data: torch.Tensor, *_: Any) -> torch.Tensor:
@@ -166,7 +171,9 @@ def read_pickle_archive(path: Path) -> Any:
         with archive.open(pkl[0]) as fh:
             try:
                 return _RestrictedUnpickler(fh, archive, prefix).load()
-            except (LeyoloError, MemoryError):
+            except LeyoloError as exc:  # refusals and corrupt storages: say which file
+                raise type(exc)(f"{path}: {exc}") from None
+            except MemoryError:
                 raise
             except Exception as exc:  # malformed pickle stream
                 raise LeyoloError(f"{path}: corrupt checkpoint ({type(exc).__name__}: {exc})") from exc

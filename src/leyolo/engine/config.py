@@ -1,0 +1,110 @@
+"""Training configuration: one flat, typed record with the YOLOv8-style recipe as defaults.
+
+Fields left ``None`` are filled from a recipe: ``scratch`` for registered names (the
+published recipe) and ``finetune`` when training starts from weights (gentler: lower lr, no
+bias warm-up, mosaic off, which is how the authors fine-tuned).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from ..errors import LeyoloError
+
+RECIPES: dict[str, dict[str, Any]] = {
+    "scratch": {"lr0": 0.01, "warmup_epochs": 3.0, "warmup_bias_lr": 0.1, "mosaic": 1.0, "close_mosaic": 10},
+    "finetune": {"lr0": 0.002, "warmup_epochs": 0.0, "warmup_bias_lr": 0.0, "mosaic": 0.0, "close_mosaic": 0},
+}
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on (saved in checkpoints, restored by ``--resume``)."""
+
+    model: str = "leyolo-n"
+    data: str = ""
+    epochs: int = 100
+    time: float | None = None  # minutes; overrides epochs, the schedule is fitted to the budget
+    imgsz: int = 640
+    batch: int = 16
+    nbs: int = 64  # nominal batch: gradients accumulate to about this many images per step
+    workers: int = 2
+    device: str = "cpu"
+    recipe: str = "auto"  # auto | scratch | finetune
+    optimizer: str = "SGD"
+    lr0: float | None = None
+    lrf: float = 0.01
+    momentum: float = 0.937
+    weight_decay: float = 5e-4
+    warmup_epochs: float | None = None
+    warmup_momentum: float = 0.8
+    warmup_bias_lr: float | None = None
+    min_warmup_iters: int = 100
+    cos_lr: bool = False
+    box: float = 7.5
+    cls: float = 0.5
+    dfl: float = 1.5
+    focal_gamma: float = 0.0
+    focal_alpha: float = 0.25
+    class_weights: str | None = None  # None | "median"
+    weighted_sampler: bool = False
+    mosaic: float | None = None
+    mixup: float = 0.0
+    close_mosaic: int | None = None
+    degrees: float = 0.0
+    translate: float = 0.1
+    scale: float = 0.5
+    shear: float = 0.0
+    fliplr: float = 0.5
+    hsv_h: float = 0.015
+    hsv_s: float = 0.7
+    hsv_v: float = 0.4
+    multi_scale: float = 0.0  # 0 = off; 0.5 = random size in [0.5, 1.5] x imgsz per batch
+    grad_clip: float = 10.0
+    ema_decay: float = 0.9999
+    amp: bool = True
+    seed: int = 0
+    deterministic: bool = True
+    sync_bn: bool = False
+    project: str = "runs/train"
+    name: str = "exp"
+    exist_ok: bool = False
+    teacher: str | None = None
+    distill_ratio: float = 1.0
+    distill_temperature: float = 2.0
+    val: bool = True
+    plots: bool = True
+
+    def resolved(self, pretrained: bool) -> "TrainConfig":
+        """A copy with recipe defaults filled in and values checked."""
+        recipe = self.recipe if self.recipe != "auto" else ("finetune" if pretrained else "scratch")
+        if recipe not in RECIPES:
+            raise LeyoloError(f"unknown recipe {self.recipe!r} (auto, scratch or finetune)")
+        filled = {k: v for k, v in RECIPES[recipe].items() if getattr(self, k) is None}
+        cfg = replace(self, recipe=recipe, **filled)
+        cfg.check()
+        return cfg
+
+    def check(self) -> None:
+        if self.imgsz <= 0 or self.imgsz % 32:
+            raise LeyoloError(f"--imgsz must be a positive multiple of 32, got {self.imgsz}")
+        for name in ("epochs", "batch", "nbs"):
+            if getattr(self, name) < 1:
+                raise LeyoloError(f"--{name} must be at least 1")
+        if self.workers < 0:
+            raise LeyoloError("--workers must be >= 0")
+        if self.time is not None and self.time <= 0:
+            raise LeyoloError("--time must be a positive number of minutes")
+        if self.class_weights not in (None, "median"):
+            raise LeyoloError("--class-weights must be 'median'")
+        if not 0 <= self.multi_scale < 1:
+            raise LeyoloError("--multi-scale must be in [0, 1)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})

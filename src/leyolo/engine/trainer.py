@@ -1,0 +1,434 @@
+"""The training loop. One trainer for every detector: the model family brings its criterion.
+
+Hook points (``callbacks``): ``before_train``, ``before_epoch``, ``after_iter``,
+``after_epoch``, ``after_train``; each receives the trainer.
+Distributed training uses PyTorch DDP when started by ``torchrun`` (``WORLD_SIZE`` > 1).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import LeyoloError
+from .checkpoint import load_checkpoint, save_checkpoint, split_resume_state
+from .config import TrainConfig
+from .ema import ModelEMA, unwrap
+from .optim import build_optimizer, lr_lambda, warmup_value
+from .plots import append_results, plot_results
+
+log = logging.getLogger("leyolo")
+
+Callback = Callable[["Trainer"], None]
+
+
+def fitness(metrics: dict[str, Any]) -> float:
+    """Model selection score: 0.1 mAP50 + 0.9 mAP50-95 (NaN counts as 0)."""
+    m50 = metrics.get("mAP50", 0.0)
+    m = metrics.get("mAP50-95", 0.0)
+    m50 = 0.0 if m50 != m50 else m50
+    m = 0.0 if m != m else m
+    return 0.1 * m50 + 0.9 * m
+
+
+def next_run_dir(project: Path, name: str, exist_ok: bool) -> Path:
+    path = project / name
+    if exist_ok or not path.exists():
+        return path
+    n = 2
+    while (project / f"{name}{n}").exists():
+        n += 1
+    return project / f"{name}{n}"
+
+
+class Trainer:
+    """Train a detector on a data.yaml dataset; see ``TrainConfig`` for the knobs."""
+
+    def __init__(self, config: TrainConfig, callbacks: dict[str, list[Callback]] | None = None) -> None:
+        self.requested = config
+        self.callbacks = callbacks or {}
+        self.rank = int(os.environ.get("RANK", 0))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        self.world_size = int(os.environ.get("WORLD_SIZE", 1))
+        self.distributed = self.world_size > 1
+        self.is_main = self.rank == 0
+        self.start_epoch = 0
+        self.best_fitness = -1.0
+        self.elapsed_before = 0.0  # seconds spent in earlier (resumed) sessions
+        self.metrics: dict[str, Any] = {}
+        self.epoch_times: list[float] = []
+        self.stop = False
+
+    # ----------------------------------------------------------------------------- set-up
+    def _fire(self, event: str) -> None:
+        for callback in self.callbacks.get(event, []):
+            callback(self)
+
+    def _setup_device(self) -> torch.device:
+        spec = self.requested.device
+        if self.distributed:
+            if spec.startswith("cuda") and torch.cuda.is_available():
+                torch.cuda.set_device(self.local_rank)
+                device, backend = torch.device("cuda", self.local_rank), "nccl"
+            else:
+                device, backend = torch.device("cpu"), "gloo"
+            if not dist.is_initialized():
+                dist.init_process_group(backend=backend)
+            return device
+        if "," in spec:
+            raise LeyoloError(f"--device {spec} names several devices: start with "
+                              f"'torchrun --nproc_per_node {len(spec.split(','))} -m leyolo train ...'")
+        try:
+            device = torch.device(spec)
+        except RuntimeError as exc:
+            raise LeyoloError(f"unknown device {spec!r}") from exc
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise LeyoloError("--device cuda requested but CUDA is not available")
+        return device
+
+    def _seed(self, seed: int) -> None:
+        random.seed(seed)
+        np.random.seed(seed)  # third-party code may still use the global generator
+        torch.manual_seed(seed)
+        self.rng = np.random.default_rng(seed)
+        if self.config.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.backends.cudnn.deterministic = True
+            torch.backends.cudnn.benchmark = False
+
+    def setup(self) -> None:
+        from ..api import Detector, load
+        from ..data.dataset import AugmentConfig, DetectionDataset
+        from ..data.datasets import load_data_yaml
+        from ..losses import build_criterion
+
+        cfg = self.requested
+        resume_tensors = resume_meta = None
+        if cfg.model and Path(str(cfg.model)).suffix == ".safetensors" and getattr(self, "_resume", False):
+            resume_tensors, resume_meta = load_checkpoint(Path(cfg.model))
+        from ..registry import create_model, list_models
+
+        spec = load_data_yaml(cfg.data)
+        if str(cfg.model) in list_models():  # from scratch: build for the dataset's classes directly
+            detector = Detector(create_model(str(cfg.model), nc=spec.nc, names=list(spec.names)))
+        else:
+            detector = load(cfg.model)
+        if detector.model is None:
+            raise LeyoloError(f"{cfg.model}: an ONNX file cannot be trained; use .pt or .safetensors weights")
+        pretrained = Path(str(cfg.model)).exists()
+        self.config = cfg = cfg.resolved(pretrained)
+        self.device = self._setup_device()
+        self._seed(cfg.seed + self.rank)
+        self.spec = spec
+        model = detector.model
+        if list(model.names) != list(self.spec.names):
+            if model.nc != self.spec.nc:
+                log.info("re-initialising class outputs: %d -> %d classes", model.nc, self.spec.nc)
+                model.head.reset_class_outputs(self.spec.nc)
+            model.meta.names = list(self.spec.names)
+        model.meta.imgsz = cfg.imgsz
+        self.model = model.to(self.device).train()
+        hyp = AugmentConfig(mosaic=cfg.mosaic, mixup=cfg.mixup, degrees=cfg.degrees, translate=cfg.translate,
+                            scale=cfg.scale, shear=cfg.shear, fliplr=cfg.fliplr, hsv_h=cfg.hsv_h, hsv_s=cfg.hsv_s,
+                            hsv_v=cfg.hsv_v)
+        self.train_set = DetectionDataset(self.spec, "train", imgsz=cfg.imgsz, augment=True, hyp=hyp)
+        class_weights = None
+        if cfg.class_weights or cfg.weighted_sampler:
+            from ..data.loader import class_weights_from_counts
+
+            class_weights = class_weights_from_counts(self.train_set.class_counts())
+            log.info("class weights: %s", np.round(class_weights, 3).tolist())
+        self.class_weights = class_weights
+        self.criterion = build_criterion(
+            unwrap(self.model), box_gain=cfg.box, cls_gain=cfg.cls, dfl_gain=cfg.dfl, focal_gamma=cfg.focal_gamma,
+            focal_alpha=cfg.focal_alpha,
+            class_weights=torch.as_tensor(class_weights, dtype=torch.float32, device=self.device)
+            if cfg.class_weights else None,
+        )
+        self.teacher = None
+        if cfg.teacher:
+            teacher = load(cfg.teacher)
+            if teacher.model is None or teacher.model.nc != model.nc:
+                raise LeyoloError(f"{cfg.teacher}: the teacher must be PyTorch weights with {model.nc} classes")
+            self.teacher = teacher.model.to(self.device).eval().requires_grad_(False)
+        if cfg.sync_bn and self.distributed and self.device.type == "cuda":
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self.batch_size = max(cfg.batch // self.world_size, 1)
+        self.accumulate = max(round(cfg.nbs / (self.batch_size * self.world_size)), 1)
+        weight_decay = cfg.weight_decay * self.batch_size * self.world_size * self.accumulate / cfg.nbs
+        self.optimizer = build_optimizer(self.model, cfg.optimizer, cfg.lr0, cfg.momentum, weight_decay)
+        self.ema = ModelEMA(self.model, cfg.ema_decay)
+        if resume_tensors is not None:
+            self._restore(resume_tensors, resume_meta)
+        if self.distributed:
+            ids = [self.local_rank] if self.device.type == "cuda" else None
+            self.model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and self.device.type == "cuda")
+        self.loader = self._build_loader()
+        if not getattr(self, "save_dir", None):
+            self.save_dir = next_run_dir(Path(cfg.project), cfg.name, cfg.exist_ok)
+        self.weights_dir = self.save_dir / "weights"
+        if self.is_main:
+            self.weights_dir.mkdir(parents=True, exist_ok=True)
+
+    def _build_loader(self):
+        from ..data.loader import build_dataloader, weighted_sampler
+
+        sampler = None
+        if self.config.weighted_sampler and not self.distributed:
+            sampler = weighted_sampler(self.train_set, self.class_weights, seed=self.config.seed)
+        return build_dataloader(self.train_set, batch_size=self.batch_size, workers=self.config.workers,
+                                shuffle=sampler is None, seed=self.config.seed, sampler=sampler,
+                                distributed=self.distributed, drop_last=False)
+
+    def _restore(self, tensors: dict, meta: dict) -> None:
+        ema, raw, optim, torch_rng = split_resume_state(tensors, meta)
+        state = meta["train"]
+        self.model.load_state_dict(raw or ema)
+        self.ema.ema.load_state_dict(ema)
+        self.ema.updates = int(state.get("ema_updates", 0))
+        if optim is not None:
+            self.optimizer.load_state_dict(optim)
+        if torch_rng is not None:
+            torch.set_rng_state(torch_rng)
+        if "numpy_rng" in state:
+            self.rng.bit_generator.state = state["numpy_rng"]
+        self.start_epoch = int(state["epoch"]) + 1
+        self.best_fitness = float(state.get("best_fitness", -1.0))
+        self.elapsed_before = float(state.get("elapsed", 0.0))
+        self.epochs = int(state.get("epochs", self.config.epochs))
+        self.epoch_times = list(state.get("epoch_times", []))
+        log.info("resuming from epoch %d of %d", self.start_epoch + 1, self.epochs)
+
+    # ------------------------------------------------------------------------------ loop
+    def train(self) -> dict[str, Any]:
+        self.setup()
+        cfg = self.config
+        if not hasattr(self, "epochs"):
+            self.epochs = cfg.epochs
+        self.nb = len(self.loader)
+        self.warmup_iters = max(round(cfg.warmup_epochs * self.nb), cfg.min_warmup_iters) if cfg.warmup_epochs > 0 else 0
+        self.t0 = time.perf_counter()
+        self._fire("before_train")
+        epoch = self.start_epoch
+        if self.is_main:
+            log.info("training %s on %s for %s, results in %s", unwrap(self.model).meta.arch, cfg.data,
+                     f"{cfg.time} min" if cfg.time else f"{self.epochs} epochs", self.save_dir)
+        while epoch < self.epochs and not self.stop:
+            epoch_start = time.perf_counter()
+            self.epoch = epoch
+            self._fire("before_epoch")
+            if cfg.close_mosaic and epoch == max(self.epochs - cfg.close_mosaic, 0) and cfg.mosaic > 0:
+                self._close_mosaic()
+            losses = self.train_one_epoch(epoch)
+            self.metrics = self.validate() if cfg.val and self.is_main else {}
+            self.epoch_times.append(time.perf_counter() - epoch_start)
+            if self.is_main:
+                self._after_epoch(epoch, losses)
+            self._fire("after_epoch")
+            self._fit_time_budget(epoch)
+            if self.distributed:
+                flag = torch.tensor([int(self.stop), self.epochs], device=self.device)
+                dist.broadcast(flag, 0)
+                self.stop, self.epochs = bool(flag[0]), int(flag[1])
+            epoch += 1
+        self._fire("after_train")
+        result = {"save_dir": str(self.save_dir), "best": str(self.weights_dir / "best.safetensors"),
+                  "last": str(self.weights_dir / "last.safetensors"), "epochs": epoch, "metrics": self.metrics,
+                  "best_fitness": self.best_fitness, "seconds": self.elapsed()}
+        if self.distributed:
+            dist.barrier()
+            dist.destroy_process_group()
+        return result
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.t0
+
+    def _fit_time_budget(self, epoch: int) -> None:
+        """With ``--time``: re-plan the epoch count from the measured epoch time so the run ends in budget."""
+        budget = self.config.time
+        if not budget or not self.is_main:
+            return
+        per_epoch = float(np.mean(self.epoch_times[-3:]))
+        remaining = budget * 60 - self.elapsed()
+        more = int(remaining // per_epoch) if remaining > 0 else 0
+        self.epochs = epoch + 1 + more
+        if more == 0:
+            self.stop = True
+
+    def _close_mosaic(self) -> None:
+        log.info("closing mosaic for the last %d epochs", self.config.close_mosaic)
+        self.train_set.close_mosaic()
+        self.loader = self._build_loader()
+
+    def _set_epoch_lr(self, epoch: float) -> None:
+        factor = lr_lambda(self.epochs, self.config.lrf, self.config.cos_lr)(epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.config.lr0 * factor
+            group["initial_lr"] = self.config.lr0 * factor
+
+    def train_one_epoch(self, epoch: int) -> dict[str, float]:
+        from tqdm import tqdm
+
+        cfg = self.config
+        self.model.train()
+        if self.distributed and hasattr(self.loader.sampler, "set_epoch"):
+            self.loader.sampler.set_epoch(epoch)
+        self._set_epoch_lr(epoch)
+        self.optimizer.zero_grad(set_to_none=True)
+        sums: dict[str, float] = {}
+        count = 0
+        bar = tqdm(self.loader, total=self.nb, desc=f"epoch {epoch + 1}/{self.epochs}", unit="batch",
+                   disable=not self.is_main or None, leave=False)
+        last_step = -1
+        for i, batch in enumerate(bar):
+            ni = i + self.nb * epoch
+            accumulate = self._warmup(ni, epoch)
+            items = self.train_one_iter(batch)
+            if ni - last_step >= accumulate or i == self.nb - 1:
+                self.optimizer_step()
+                last_step = ni
+            for key, value in items.items():
+                sums[key] = sums.get(key, 0.0) + float(value)
+            count += 1
+            self.iteration_items = items
+            self._fire("after_iter")
+            if self.is_main:
+                bar.set_postfix({k: f"{v / count:.3f}" for k, v in sums.items()})
+            if cfg.time and self.elapsed() > cfg.time * 60 + 5:
+                self.stop = True  # hard stop inside an epoch that overran the budget
+                break
+        bar.close()
+        return {k: v / max(count, 1) for k, v in sums.items()}
+
+    def _warmup(self, ni: int, epoch: int) -> int:
+        """Warm-up of lr (bias group from ``warmup_bias_lr``), momentum and accumulation; returns accumulation."""
+        cfg = self.config
+        if ni >= self.warmup_iters:
+            return self.accumulate
+        target = lr_lambda(self.epochs, cfg.lrf, cfg.cos_lr)(epoch)
+        for j, group in enumerate(self.optimizer.param_groups):
+            start = cfg.warmup_bias_lr if j == 2 else 0.0
+            group["lr"] = warmup_value(ni, self.warmup_iters, start, cfg.lr0 * target)
+            if "momentum" in group:
+                group["momentum"] = warmup_value(ni, self.warmup_iters, cfg.warmup_momentum, cfg.momentum)
+        return max(round(warmup_value(ni, self.warmup_iters, 1, cfg.nbs / (self.batch_size * self.world_size))), 1)
+
+    def _scaled_batch(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ms = self.config.multi_scale
+        if not ms:
+            return images, targets
+        size = self.config.imgsz
+        stride = max(unwrap(self.model).strides)
+        low, high = int(size * (1 - ms)) // stride, int(size * (1 + ms)) // stride
+        new = int(self.rng.integers(max(low, 1), max(high, 1) + 1)) * stride
+        if new == images.shape[-1]:
+            return images, targets
+        factor = new / images.shape[-1]
+        images = F.interpolate(images, size=(new, new), mode="bilinear", align_corners=False)
+        targets = targets.clone()
+        targets[:, 2:] *= factor
+        return images, targets
+
+    def train_one_iter(self, batch: dict) -> dict[str, torch.Tensor]:
+        cfg = self.config
+        images = batch["images"].to(self.device, non_blocking=True).float().div_(255)
+        targets = batch["targets"].to(self.device)
+        images, targets = self._scaled_batch(images, targets)
+        with torch.autocast(self.device.type, enabled=self.scaler.is_enabled()):
+            maps = self.model(images)
+            teacher_maps = None
+            if self.teacher is not None:
+                with torch.no_grad():
+                    teacher_maps = self.teacher(images)
+            loss, items = self.criterion(maps, targets, teacher_maps=teacher_maps,
+                                         distill_ratio=cfg.distill_ratio if teacher_maps is not None else 0.0,
+                                         distill_temperature=cfg.distill_temperature)
+        if self.distributed:
+            loss = loss * self.world_size
+        if not torch.isfinite(loss):
+            raise LeyoloError("training diverged: the loss is not finite (try a lower --lr0)")
+        self.scaler.scale(loss).backward()
+        return items
+
+    def optimizer_step(self) -> None:
+        self.scaler.unscale_(self.optimizer)
+        if self.config.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=self.config.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.ema.update(self.model)
+
+    # -------------------------------------------------------------------- validation & saving
+    def validate(self) -> dict[str, Any]:
+        from ..api import Detector
+        from .validate import validate
+
+        detector = Detector(self.ema.ema)
+        metrics = validate(detector, self.config.data, imgsz=self.config.imgsz, batch=1,
+                           device=str(self.device) if self.device.type == "cuda" else "cpu")
+        return metrics
+
+    def _after_epoch(self, epoch: int, losses: dict[str, float]) -> None:
+        cfg = self.config
+        score = fitness(self.metrics) if self.metrics else -epoch  # without val, the latest is the best
+        improved = score > self.best_fitness if self.metrics else True
+        if improved:
+            self.best_fitness = score
+        row = {"epoch": epoch + 1, **{f"train/{k}": v for k, v in losses.items()}}
+        for key in ("mAP50-95", "mAP50", "mAP75"):
+            if key in self.metrics:
+                row[f"metrics/{key}"] = self.metrics[key]
+        row["lr"] = self.optimizer.param_groups[0]["lr"]
+        row["time"] = self.elapsed()
+        append_results(self.save_dir / "results.csv", row)
+        state = {"epoch": epoch, "epochs": self.epochs, "best_fitness": self.best_fitness,
+                 "ema_updates": self.ema.updates, "elapsed": self.elapsed(), "epoch_times": self.epoch_times,
+                 "config": cfg.to_dict(), "save_dir": str(self.save_dir), "metrics": _plain(self.metrics)}
+        save_checkpoint(self.weights_dir / "last.safetensors", self.ema.ema, cfg.imgsz, model=unwrap(self.model),
+                        optimizer=self.optimizer, train_state=state, rng=self.rng)
+        if improved:
+            save_checkpoint(self.weights_dir / "best.safetensors", self.ema.ema, cfg.imgsz,
+                            train_state={k: v for k, v in state.items() if k != "epoch_times"})
+        if cfg.plots:
+            plot_results(self.save_dir / "results.csv", self.save_dir)
+        summary = " ".join(f"{k} {v:.4f}" for k, v in losses.items())
+        maps = " ".join(f"{k} {self.metrics[k]:.4f}" for k in ("mAP50", "mAP50-95") if k in self.metrics)
+        log.info("epoch %d/%d  %s  %s  (%.0fs)", epoch + 1, self.epochs, summary, maps, self.elapsed())
+
+
+def _plain(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) and k != "text"}
+
+
+def train(model: str = "leyolo-n", data: str = "", resume: str | Path | None = None,
+          callbacks: dict[str, list[Callback]] | None = None, **overrides: Any) -> dict[str, Any]:
+    """Train (or resume) and return paths and final metrics; keyword arguments are ``TrainConfig`` fields."""
+    if resume is not None:
+        path = Path(resume)
+        if path.is_dir():
+            path = path / "weights" / "last.safetensors"
+        if not path.exists():
+            raise LeyoloError(f"{path}: no checkpoint to resume from")
+        _, meta = load_checkpoint(path)
+        config = replace(TrainConfig.from_dict(meta["train"]["config"]), model=str(path), **overrides)
+        trainer = Trainer(config, callbacks)
+        trainer._resume = True
+        trainer.save_dir = Path(meta["train"].get("save_dir") or path.parent.parent)
+        return trainer.train()
+    config = TrainConfig(model=str(model), data=str(data), **overrides)
+    return Trainer(config, callbacks).train()

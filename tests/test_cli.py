@@ -1,0 +1,402 @@
+"""The ``leyolo`` command, driven in-process through ``leyolo.cli.main``.
+
+Uses the published nano checkpoint and coco-mini images from ``../shared`` when present,
+otherwise the untrained ``leyolo-n`` and synthetic images (detection-count checks are then
+skipped, everything about files, exit codes and messages still runs).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+import leyolo
+from leyolo.cli import main
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+NANO = SHARED / "weights" / "LeYOLONano.pt"
+VAL_IMAGES = SHARED / "datasets" / "coco-mini" / "images" / "val2017"
+HAVE_SHARED = NANO.is_file() and VAL_IMAGES.is_dir()
+MODEL = str(NANO) if HAVE_SHARED else "leyolo-n"
+IMGSZ = "320"
+
+
+def _synthetic(seed: int, h: int = 360, w: int = 480) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    img = np.full((h, w, 3), 120, np.uint8)
+    for _ in range(4):
+        x1, y1 = int(rng.integers(0, w - 80)), int(rng.integers(0, h - 80))
+        color = tuple(int(c) for c in rng.integers(0, 255, 3))
+        cv2.rectangle(img, (x1, y1), (x1 + int(rng.integers(30, 80)), y1 + int(rng.integers(30, 80))), color, -1)
+    return img
+
+
+def _good_images(folder: Path, n: int = 2) -> list[Path]:
+    """``n`` readable JPEGs in ``folder`` (coco-mini val images, or synthetic ones)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    if HAVE_SHARED:
+        for src in sorted(VAL_IMAGES.glob("*.jpg"))[:n]:
+            out.append(Path(shutil.copy(src, folder / src.name)))
+    else:
+        for i in range(n):
+            path = folder / f"img{i}.jpg"
+            assert cv2.imwrite(str(path), _synthetic(i))
+            out.append(path)
+    return out
+
+
+def _lines(text: str) -> list[str]:
+    """Output lines, with tqdm's carriage-return redraws split apart."""
+    return [line.strip() for line in re.split(r"[\r\n]+", text) if line.strip()]
+
+
+def _error_lines(text: str) -> list[str]:
+    return [line for line in _lines(text) if line.startswith("error:")]
+
+
+# -- help ------------------------------------------------------------------------------------------
+
+HELP_CASES = {
+    (): ["info", "predict", "val", "export", "convert", "--version", "--quiet"],
+    ("info",): ["--model", "--imgsz", "--json"],
+    ("predict",): ["--model", "--source", "--imgsz", "--conf", "--iou", "--max-det", "--batch", "--backend",
+                   "--save-dir", "--no-save", "--save-txt", "--save-json"],
+    ("val",): ["--model", "--data", "--split", "--imgsz", "--conf", "--single-label", "--json", "--backend", "--verbose"],
+    ("export",): ["--model", "--format", "--imgsz", "--dynamic", "--out"],
+    ("convert",): ["input", "output"],
+}
+
+
+@pytest.mark.parametrize("command", list(HELP_CASES), ids=lambda c: " ".join(c) or "main")
+def test_help(command, capsys):
+    assert main([*command, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: leyolo")
+    for option in HELP_CASES[command]:
+        assert option in out, f"{option} missing from `leyolo {' '.join(command)} --help`"
+
+
+def test_no_command_prints_help_and_exits_2(capsys):
+    assert main([]) == 2
+    assert "usage: leyolo" in capsys.readouterr().out
+
+
+def test_version(capsys):
+    assert main(["--version"]) == 0
+    assert leyolo.__version__ in capsys.readouterr().out
+
+
+# -- info ------------------------------------------------------------------------------------------
+
+def test_info_json(capsys):
+    assert main(["info", "--model", "leyolo-s", "--imgsz", "640", "--json"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    info = json.loads(last)
+    assert info["model"] == "leyolo-s"
+    assert info["params"] == 1_917_440
+    assert info["imgsz"] == 640
+    assert info["gflops"] == pytest.approx(4.535, rel=0.01)
+
+
+def test_info_table(capsys):
+    assert main(["info", "--model", "leyolo-n", "--imgsz", "320"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if re.match(r"^\s*\d+\s", line)]
+    assert 34 <= len(rows) <= 40, out  # 35 layers + the head for nano
+    assert "1,120,480" in out
+    summary = [line for line in out.splitlines() if "GFLOPs" in line]
+    assert summary and "leyolo-n" in summary[0] and "320" in summary[0]
+    gflops = float(re.search(r"([\d.]+) GFLOPs", summary[0]).group(1))
+    assert gflops == pytest.approx(0.668, rel=0.01)
+
+
+def test_info_rejects_bad_imgsz(capsys):
+    assert main(["info", "--model", "leyolo-n", "--imgsz", "100"]) == 1
+    err = capsys.readouterr().err
+    assert len(_error_lines(err)) == 1 and "multiple of 32" in err and "Traceback" not in err
+
+
+# -- predict ---------------------------------------------------------------------------------------
+
+def test_predict_folder_with_bad_files(tmp_path, capsys):
+    src = tmp_path / "src"
+    good = _good_images(src, 2)
+    (src / "bad.jpg").write_bytes(np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8).tobytes())
+    full = good[0].read_bytes()
+    (src / "trunc.jpg").write_bytes(full[: len(full) // 2])
+    out_dir = tmp_path / "out"
+
+    rc = main(["predict", "--model", MODEL, "--source", str(src), "--imgsz", IMGSZ, "--conf", "0.25",
+               "--save-dir", str(out_dir), "--save-txt", "--save-json"])
+    captured = capsys.readouterr()
+    assert rc == 1
+    assert "Traceback" not in captured.err
+    skipped = sorted(set(line for line in _lines(captured.err) if line.startswith("skipped:")))
+    assert len(skipped) == 2, captured.err  # one distinct line per unreadable file
+    assert any("bad.jpg" in line for line in skipped)
+    assert any("trunc.jpg" in line for line in skipped)
+    assert not any(g.name in line for g in good for line in skipped)
+    assert "2 images" in captured.out
+
+    # annotated images and labels for the good files only
+    for g in good:
+        annotated = out_dir / g.name
+        assert annotated.is_file()
+        img = cv2.imread(str(annotated))
+        assert img is not None and img.shape == cv2.imread(str(g)).shape
+        assert (out_dir / "labels" / f"{g.stem}.txt").is_file()
+    assert not (out_dir / "bad.jpg").exists() and not (out_dir / "trunc.jpg").exists()
+    assert sorted(p.stem for p in (out_dir / "labels").iterdir()) == sorted(g.stem for g in good)
+
+    rows = []
+    for txt in (out_dir / "labels").glob("*.txt"):
+        for line in txt.read_text().splitlines():
+            fields = line.split()
+            assert len(fields) == 6, line
+            cls = int(fields[0])
+            assert 0 <= cls < 80
+            coords = [float(v) for v in fields[1:5]]
+            assert all(0.0 <= v <= 1.0 for v in coords), line
+            assert 0.25 <= float(fields[5]) <= 1.0
+            rows.append(line)
+
+    records = json.loads((out_dir / "predictions.json").read_text())
+    assert isinstance(records, list)
+    assert len(records) == len(rows)
+    for r in records:
+        assert len(r["bbox"]) == 4 and all(isinstance(v, (int, float)) for v in r["bbox"])
+        assert r["bbox"][2] >= 0 and r["bbox"][3] >= 0
+        assert r["score"] >= 0.25
+        assert r["file_name"] in {g.name for g in good}
+    if HAVE_SHARED:
+        assert rows, "the published nano finds objects in coco val images"
+        assert {r["image_id"] for r in records} <= {int(g.stem) for g in good}
+
+
+def test_predict_odd_image_formats(tmp_path, capsys):
+    src = tmp_path / "odd"
+    src.mkdir()
+    base = cv2.imread(str(_good_images(tmp_path / "base", 1)[0]))
+    gray = cv2.cvtColor(base, cv2.COLOR_BGR2GRAY)
+    rgba = cv2.cvtColor(base, cv2.COLOR_BGR2BGRA)
+    rgba[..., 3] = 200
+    deep = base.astype(np.uint16) * 257
+    assert cv2.imwrite(str(src / "gray.png"), gray)
+    assert cv2.imwrite(str(src / "rgba.png"), rgba)
+    assert cv2.imwrite(str(src / "deep16.png"), deep)
+    assert cv2.imread(str(src / "deep16.png"), cv2.IMREAD_UNCHANGED).dtype == np.uint16
+    out_dir = tmp_path / "out"
+    rc = main(["predict", "--model", MODEL, "--source", str(src), "--imgsz", IMGSZ, "--save-dir", str(out_dir),
+               "--save-txt"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "skipped" not in captured.err
+    for stem in ("gray", "rgba", "deep16"):
+        annotated = cv2.imread(str(out_dir / f"{stem}.png"), cv2.IMREAD_UNCHANGED)
+        assert annotated is not None and annotated.shape == base.shape and annotated.dtype == np.uint8
+        assert (out_dir / "labels" / f"{stem}.txt").is_file()
+    if HAVE_SHARED:  # the three renderings of one photo give (nearly) the same detections
+        counts = [len((out_dir / "labels" / f"{s}.txt").read_text().splitlines()) for s in ("rgba", "deep16")]
+        assert counts[0] > 0 and counts[1] > 0
+
+
+def test_predict_glob_source(tmp_path, capsys):
+    src = tmp_path / "src"
+    good = _good_images(src, 2)
+    (src / "notes.txt").write_text("not an image")
+    out_dir = tmp_path / "out"
+    rc = main(["predict", "--model", MODEL, "--source", str(src / "*.jpg"), "--imgsz", IMGSZ,
+               "--save-dir", str(out_dir)])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert sorted(p.name for p in out_dir.iterdir() if p.is_file()) == sorted(g.name for g in good)
+
+
+def test_predict_no_save_writes_nothing(tmp_path, capsys, monkeypatch):
+    src = tmp_path / "src"
+    _good_images(src, 1)
+    monkeypatch.chdir(tmp_path)
+    rc = main(["predict", "--model", MODEL, "--source", str(src), "--imgsz", IMGSZ, "--no-save"])
+    assert rc == 0
+    assert not (tmp_path / "runs").exists()
+    assert "1 images" in capsys.readouterr().out
+
+
+def test_predict_video(tmp_path, capsys):
+    base = cv2.imread(str(_good_images(tmp_path / "base", 1)[0]))
+    frame0 = cv2.resize(base, (320, 240))
+    video = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (320, 240))
+    assert writer.isOpened()
+    for i in range(5):
+        writer.write(np.roll(frame0, 4 * i, axis=1))
+    writer.release()
+    out_dir = tmp_path / "out"
+    rc = main(["predict", "--model", MODEL, "--source", str(video), "--imgsz", IMGSZ, "--save-dir", str(out_dir),
+               "--save-txt"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "5 images" in captured.out
+    out_video = out_dir / "clip.mp4"
+    assert out_video.is_file() and out_video.stat().st_size > 0
+    cap = cv2.VideoCapture(str(out_video))
+    n = 0
+    while cap.read()[0]:
+        n += 1
+    cap.release()
+    assert n == 5
+    labels = sorted(p.name for p in (out_dir / "labels").glob("*.txt"))
+    assert labels == [f"clip_{i}.txt" for i in range(5)]
+
+
+def test_predict_default_save_dir_is_numbered(tmp_path, capsys, monkeypatch):
+    src = tmp_path / "src"
+    _good_images(src, 1)
+    monkeypatch.chdir(tmp_path)
+    for _ in range(2):
+        assert main(["-q", "predict", "--model", "leyolo-n", "--source", str(src), "--imgsz", "64"]) == 0
+    assert (tmp_path / "runs" / "predict").is_dir() and (tmp_path / "runs" / "predict2").is_dir()
+
+
+def _assert_one_line_error(captured, *needles: str) -> None:
+    assert "Traceback" not in captured.err
+    errors = _error_lines(captured.err)
+    assert len(errors) == 1, captured.err
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+
+
+def test_predict_missing_source(tmp_path, capsys):
+    missing = tmp_path / "nope.jpg"
+    assert main(["predict", "--model", "leyolo-n", "--source", str(missing), "--imgsz", "64", "--no-save"]) == 1
+    _assert_one_line_error(capsys.readouterr(), "nope.jpg")
+
+
+def test_predict_empty_folder(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["predict", "--model", "leyolo-n", "--source", str(empty), "--imgsz", "64", "--no-save"]) == 1
+    _assert_one_line_error(capsys.readouterr(), "empty")
+
+
+def test_predict_glob_matching_nothing(tmp_path, capsys):
+    pattern = str(tmp_path / "*.jpg")
+    assert main(["predict", "--model", "leyolo-n", "--source", pattern, "--no-save"]) == 1
+    _assert_one_line_error(capsys.readouterr(), "matches no files")
+
+
+def test_missing_model_file(tmp_path, capsys):
+    src = tmp_path / "src"
+    _good_images(src, 1)
+    model = tmp_path / "missing.pt"
+    assert main(["predict", "--model", str(model), "--source", str(src), "--no-save"]) == 1
+    _assert_one_line_error(capsys.readouterr(), "missing.pt")
+
+
+def test_unknown_model_name(capsys):
+    assert main(["info", "--model", "leyolo-xxl"]) == 1
+    _assert_one_line_error(capsys.readouterr(), "leyolo-xxl", "leyolo-n")
+
+
+def test_corrupt_model_file(tmp_path, capsys):
+    bad = tmp_path / "broken.pt"
+    bad.write_bytes(b"definitely not a checkpoint")
+    assert main(["info", "--model", str(bad)]) == 1
+    _assert_one_line_error(capsys.readouterr(), "broken.pt")
+
+
+@pytest.mark.parametrize("args", [["--conf", "2"], ["--iou", "-0.1"], ["--imgsz", "0"], ["--batch", "x"],
+                                  ["--backend", "tensorrt"]])
+def test_bad_arguments_exit_2(tmp_path, args, capsys):
+    assert main(["predict", "--model", "leyolo-n", "--source", str(tmp_path), *args]) == 2
+    err = capsys.readouterr().err
+    assert "usage:" in err and "Traceback" not in err
+
+
+def test_predict_bad_imgsz_is_input_error(tmp_path, capsys):
+    src = tmp_path / "src"
+    _good_images(src, 1)
+    assert main(["predict", "--model", "leyolo-n", "--source", str(src), "--imgsz", "100", "--no-save"]) == 1
+    _assert_one_line_error(capsys.readouterr(), "multiple of 32")
+
+
+# -- val -------------------------------------------------------------------------------------------
+
+def test_val_data_yaml_without_names(tmp_path, capsys):
+    (tmp_path / "images").mkdir()
+    data = tmp_path / "data.yaml"
+    data.write_text("path: .\nval: images\n")
+    assert main(["val", "--model", "leyolo-n", "--data", str(data), "--imgsz", "64"]) == 1
+    _assert_one_line_error(capsys.readouterr(), "names")
+
+
+def test_val_missing_data_yaml(tmp_path, capsys):
+    assert main(["val", "--model", "leyolo-n", "--data", str(tmp_path / "nothere.yaml")]) == 1
+    _assert_one_line_error(capsys.readouterr(), "nothere.yaml")
+
+
+def test_val_tiny_txt_dataset(tmp_path, capsys):
+    """A two-image YOLO-txt dataset, end to end through the CLI (any model; checks plumbing and output)."""
+    images, labels = tmp_path / "images" / "val", tmp_path / "labels" / "val"
+    labels.mkdir(parents=True)
+    for path in _good_images(images, 2):
+        (labels / f"{path.stem}.txt").write_text("0 0.5 0.5 0.4 0.4\n")
+    data = tmp_path / "data.yaml"
+    names = ", ".join(f"c{i}" for i in range(80))  # the model's 80 classes
+    data.write_text(f"path: .\nval: images/val\nnames: [{names}]\n")
+    out_json = tmp_path / "dets.json"
+    rc = main(["-q", "val", "--model", "leyolo-n", "--data", str(data), "--imgsz", "64", "--json", str(out_json)])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "images 2" in captured.out and "mAP50-95" in captured.out
+    records = json.loads(out_json.read_text())
+    assert isinstance(records, list)
+    assert all(r["image_id"] in (1, 2) and len(r["bbox"]) == 4 for r in records)
+
+
+# -- convert / export ------------------------------------------------------------------------------
+
+def test_convert_then_info(tmp_path, capsys):
+    out = tmp_path / "nano.safetensors"
+    assert main(["convert", MODEL, str(out)]) == 0
+    assert out.is_file()
+    capsys.readouterr()
+    assert main(["info", "--model", str(out), "--imgsz", "320", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert info == {"model": "leyolo-n", "params": 1_120_480, "gflops": pytest.approx(0.668, rel=0.01), "imgsz": 320}
+    # the converted weights are the same network
+    a, b = leyolo.load(MODEL), leyolo.load(out)
+    assert a.names == b.names
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    assert sa.keys() == sb.keys()
+    assert all(np.array_equal(sa[k].numpy(), sb[k].numpy()) for k in sa)
+
+
+def test_convert_rejects_other_suffix(tmp_path, capsys):
+    assert main(["convert", "leyolo-n", str(tmp_path / "x.pt")]) == 1
+    _assert_one_line_error(capsys.readouterr(), ".safetensors")
+
+
+def test_export_onnx_then_load(tmp_path, capsys):
+    out = tmp_path / "x.onnx"
+    assert main(["export", "--model", MODEL, "--format", "onnx", "--imgsz", "320", "--out", str(out)]) == 0
+    assert out.is_file() and out.stat().st_size > 1_000_000
+    assert "exported" in capsys.readouterr().out
+    det = leyolo.load(out)
+    assert det.model is None and det.onnx_path == out
+    assert det.meta.imgsz == 320 and det.meta.arch == "leyolo-n"
+    assert det.names == leyolo.load(MODEL).names and len(det.names) == 80
+    # the exported file predicts through the CLI with the default backend setting
+    src = tmp_path / "src"
+    _good_images(src, 1)
+    rc = main(["predict", "--model", str(out), "--source", str(src), "--imgsz", "320", "--no-save"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "1 images" in captured.out

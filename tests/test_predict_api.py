@@ -1,0 +1,257 @@
+"""``Detector.predict`` and the two backends (torch, onnxruntime), dynamic and static ONNX exports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import leyolo
+from leyolo.errors import LeyoloError
+from leyolo.inference.backends import OnnxRuntimeBackend, TorchBackend
+from leyolo.inference.predictor import PredictConfig, Predictor
+from leyolo.models.detector import DecodedModel
+from leyolo.structures import Results
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+NANO = SHARED / "weights" / "LeYOLONano.pt"
+VAL_IMAGES = SHARED / "datasets" / "coco-mini" / "images" / "val2017"
+HAVE_SHARED = NANO.is_file() and VAL_IMAGES.is_dir()
+needs_shared = pytest.mark.skipif(not HAVE_SHARED, reason=f"published nano / coco-mini not found under {SHARED}")
+
+
+def _synthetic(seed: int, h: int = 360, w: int = 480) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    img = rng.integers(90, 150, (h, w, 3), dtype=np.uint8)
+    for _ in range(4):
+        x1, y1 = int(rng.integers(0, w - 80)), int(rng.integers(0, h - 80))
+        color = tuple(int(c) for c in rng.integers(0, 255, 3))
+        cv2.circle(img, (x1 + 40, y1 + 40), int(rng.integers(15, 40)), color, -1)
+    return img
+
+
+@pytest.fixture(scope="module")
+def detector() -> leyolo.Detector:
+    """The published nano when available, else an untrained leyolo-n (deterministic init)."""
+    if HAVE_SHARED:
+        return leyolo.load(NANO)
+    torch.manual_seed(0)
+    return leyolo.load("leyolo-n")
+
+
+@pytest.fixture(scope="module")
+def conf() -> float:
+    return 0.25 if HAVE_SHARED else 0.001  # an untrained head scores everything near its prior
+
+
+@pytest.fixture(scope="module")
+def images() -> list[np.ndarray]:
+    """Three BGR images of different shapes (coco-mini val photos when available)."""
+    if HAVE_SHARED:
+        return [cv2.imread(str(p)) for p in sorted(VAL_IMAGES.glob("*.jpg"))[:3]]
+    return [_synthetic(0, 360, 480), _synthetic(1, 480, 320), _synthetic(2, 300, 300)]
+
+
+@pytest.fixture(scope="module")
+def onnx_dynamic(detector, tmp_path_factory) -> Path:
+    return detector.export(tmp_path_factory.mktemp("onnx") / "nano-dyn.onnx", imgsz=320, dynamic=True)
+
+
+@pytest.fixture(scope="module")
+def onnx_static(detector, tmp_path_factory) -> Path:
+    return detector.export(tmp_path_factory.mktemp("onnx") / "nano-320.onnx", imgsz=320, dynamic=False)
+
+
+def _assert_same(a: Results, b: Results, box_atol: float = 1e-2, score_atol: float = 1e-4) -> None:
+    assert len(a) == len(b), (a, b)
+    np.testing.assert_array_equal(a.classes, b.classes)
+    np.testing.assert_allclose(a.boxes, b.boxes, atol=box_atol, rtol=0)
+    np.testing.assert_allclose(a.scores, b.scores, atol=score_atol, rtol=0)
+
+
+def test_predict_arrays_results_are_sane(detector, images, conf):
+    results = detector.predict(images, imgsz=320, conf=conf)
+    assert len(results) == len(images)
+    for img, r in zip(images, results):
+        h, w = img.shape[:2]
+        assert isinstance(r, Results)
+        assert r.orig_shape == (h, w)
+        assert r.path is None
+        assert r.names == detector.names and len(r.names) == 80
+        assert r.boxes.dtype == np.float32 and r.boxes.shape == (len(r), 4)
+        assert r.scores.shape == (len(r),) and r.classes.shape == (len(r),)
+        assert r.classes.dtype == np.int64
+        if len(r):
+            assert (r.boxes[:, [0, 2]] >= 0).all() and (r.boxes[:, [0, 2]] <= w).all()
+            assert (r.boxes[:, [1, 3]] >= 0).all() and (r.boxes[:, [1, 3]] <= h).all()
+            assert (r.boxes[:, 2] >= r.boxes[:, 0]).all() and (r.boxes[:, 3] >= r.boxes[:, 1]).all()
+            assert (r.scores >= conf).all() and (r.scores <= 1).all()
+            assert (np.diff(r.scores) <= 0).all(), "detections come highest score first"
+            assert ((r.classes >= 0) & (r.classes < 80)).all()
+            assert r.class_names == [detector.names[c] for c in r.classes.tolist()]
+            drawn = r.draw()
+            assert drawn.shape == img.shape and not np.array_equal(drawn, img)
+            assert np.array_equal(r.image, img), "draw() must not modify the original image"
+    if HAVE_SHARED:
+        assert all(len(r) > 0 for r in results)
+
+
+def test_predict_single_array_and_path(detector, images, conf, tmp_path):
+    path = tmp_path / "one.png"
+    assert cv2.imwrite(str(path), images[0])
+    from_array = detector.predict(images[0], imgsz=320, conf=conf)
+    from_path = detector.predict(path, imgsz=320, conf=conf)
+    assert len(from_array) == 1 and len(from_path) == 1
+    assert from_path[0].path == str(path)
+    _assert_same(from_array[0], from_path[0], box_atol=1e-4, score_atol=1e-6)
+
+
+def test_predict_unreadable_path_raises(detector, tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\x00" * 100)
+    with pytest.raises(LeyoloError, match="bad.jpg"):
+        detector.predict([bad], imgsz=320)
+
+
+def test_predict_odd_array_types(detector, images, conf):
+    """Gray, BGRA, uint16 and float renderings of one image give the same detections."""
+    img = images[0]
+    variants = [
+        cv2.cvtColor(cv2.cvtColor(img, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR),
+        cv2.cvtColor(img, cv2.COLOR_BGR2GRAY),
+        np.dstack([img, np.full(img.shape[:2], 255, np.uint8)]),
+        img.astype(np.uint16) * 257,
+        img.astype(np.float32) / 255.0,
+    ]
+    results = detector.predict(variants, imgsz=320, conf=conf)
+    _assert_same(results[0], results[1], box_atol=1e-4, score_atol=1e-6)  # gray == gray replicated to BGR
+    reference = detector.predict(img, imgsz=320, conf=conf)[0]
+    for r in results[2:]:
+        assert r.orig_shape == img.shape[:2]
+        _assert_same(reference, r, box_atol=1e-4, score_atol=1e-6)
+
+
+def test_batch_matches_batch_one(detector, images, conf):
+    same = [cv2.resize(img, (480, 360)) for img in images[:2]]  # same shape: batched together
+    one = detector.predict(same, imgsz=320, conf=conf, batch=1)
+    two = detector.predict(same, imgsz=320, conf=conf, batch=2)
+    assert len(one) == len(two) == 2
+    for a, b in zip(one, two):
+        _assert_same(a, b, box_atol=1e-3, score_atol=1e-5)
+
+
+def test_mixed_shapes_with_batch(detector, images, conf):
+    batched = detector.predict(images, imgsz=320, conf=conf, batch=3)
+    single = [detector.predict(img, imgsz=320, conf=conf)[0] for img in images]
+    for a, b in zip(single, batched):
+        _assert_same(a, b, box_atol=1e-3, score_atol=1e-5)
+
+
+def test_multi_label_keeps_at_least_single_label(detector, images):
+    single = detector.predict(images[0], imgsz=320, conf=0.01)[0]
+    multi = detector.predict(images[0], imgsz=320, conf=0.01, multi_label=True)[0]
+    assert len(multi) >= len(single)
+    if len(single):
+        assert multi.scores[0] == pytest.approx(single.scores[0], abs=1e-6)
+
+
+def test_max_det_and_conf(detector, images):
+    low = detector.predict(images[0], imgsz=320, conf=0.001, max_det=7)[0]
+    assert len(low) <= 7
+    high = detector.predict(images[0], imgsz=320, conf=0.99)[0]
+    assert (high.scores >= 0.99).all()
+
+
+def test_bad_config_raises(detector, images):
+    with pytest.raises(LeyoloError, match="multiple of 32"):
+        detector.predict(images[0], imgsz=100)
+    with pytest.raises(LeyoloError, match="conf"):
+        detector.predict(images[0], imgsz=320, conf=1.5)
+
+
+@needs_shared
+def test_torch_and_onnxruntime_agree(detector, images):
+    torch_res = detector.predict(images, imgsz=320)
+    ort_res = detector.predict(images, imgsz=320, backend="onnxruntime")
+    assert sum(len(r) for r in torch_res) > 0
+    for a, b in zip(torch_res, ort_res):
+        _assert_same(a, b, box_atol=1e-2, score_atol=1e-4)
+
+
+def test_dynamic_onnx_non_square(detector, onnx_dynamic, images, conf):
+    det = leyolo.load(onnx_dynamic)
+    backend = det.backend("onnxruntime", 320)
+    assert isinstance(backend, OnnxRuntimeBackend) and backend.fixed_hw is None
+    img = cv2.resize(images[0], (640, 400))  # letterboxed to 320 x 200 -> 320 x 224, not square
+    predictor = det.predictor("onnxruntime", imgsz=320, conf=conf)
+    blob, info = predictor.prepare(img)
+    assert blob.shape == (1, 3, 224, 320)
+    res = det.predict(img, imgsz=320, conf=conf)  # default backend: the file runs on onnxruntime
+    assert res[0].orig_shape == (400, 640)
+    ref = detector.predict(img, imgsz=320, conf=conf)
+    _assert_same(ref[0], res[0], box_atol=1e-2, score_atol=1e-4)
+    # a different size than the export's own works too with dynamic axes
+    res480 = det.predict(img, imgsz=480, conf=conf, backend="onnxruntime")
+    _assert_same(detector.predict(img, imgsz=480, conf=conf)[0], res480[0], box_atol=1e-2, score_atol=1e-4)
+
+
+def test_static_onnx_predicts_with_square_padding(detector, onnx_static, images, conf):
+    det = leyolo.load(onnx_static)
+    backend = det.backend("onnxruntime", 320)
+    assert backend.fixed_hw == (320, 320) and backend.fixed_batch == 1
+    img = cv2.resize(images[1], (640, 400))
+    predictor = det.predictor("onnxruntime", imgsz=320, conf=conf, batch=2)
+    assert predictor.config.square
+    blob, _ = predictor.prepare(img)
+    assert blob.shape == (1, 3, 320, 320)
+    res = det.predict([img, img], imgsz=320, conf=conf, batch=2)  # fixed batch 1 is split internally
+    torch_square = Predictor(TorchBackend(detector.model), detector.names,
+                             PredictConfig(imgsz=320, conf=conf, square=True)).predict_arrays([img])[0]
+    for r in res:
+        _assert_same(torch_square, r, box_atol=1e-2, score_atol=1e-4)
+    with pytest.raises(LeyoloError, match="320"):
+        det.predict(img, imgsz=640)
+
+
+def test_static_onnx_raw_output_matches_torch(detector, onnx_static, images):
+    img = cv2.resize(images[2], (320, 320))
+    x = cv2.dnn.blobFromImage(img, 1 / 255.0, swapRB=True)
+    ort_out = OnnxRuntimeBackend(onnx_static)(x)
+    torch_out = TorchBackend(detector.model)(x)  # the BatchNorm-folded DecodedModel the torch backend runs
+    with torch.inference_mode():
+        unfused = DecodedModel(detector.model).eval()(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(unfused[:, :4], torch_out[:, :4], atol=1e-2, rtol=0)  # folding BN changes nothing
+    np.testing.assert_allclose(unfused[:, 4:], torch_out[:, 4:], atol=1e-4, rtol=0)
+    assert ort_out.shape == torch_out.shape == (1, 84, 2100)  # 40^2 + 20^2 + 10^2 anchors
+    # boxes are pixels up to 320 and stride-32 boxes scale the DFL expectation's float32 noise by 32:
+    # 1e-3 px plus a relative 1e-5 (about 100 ulp) covers kernel-order differences between runtimes
+    np.testing.assert_allclose(ort_out[:, :4], torch_out[:, :4], atol=1e-3, rtol=1e-5)
+    np.testing.assert_allclose(ort_out[:, 4:], torch_out[:, 4:], atol=1e-5, rtol=0)
+    assert (ort_out[:, 4:] >= 0).all() and (ort_out[:, 4:] <= 1).all()
+
+
+def test_onnx_metadata(detector, onnx_static, onnx_dynamic):
+    for path, imgsz in ((onnx_static, 320), (onnx_dynamic, 320)):
+        det = leyolo.load(path)
+        assert det.names == detector.names
+        assert det.meta.imgsz == imgsz
+        assert det.meta.arch == detector.meta.arch == "leyolo-n"
+        assert det.meta.stride == 32 and det.meta.pad_value == 114
+        assert "onnx" in repr(det)
+        with pytest.raises(LeyoloError, match="PyTorch weights"):
+            det.info()
+    if HAVE_SHARED:
+        assert leyolo.load(onnx_static).names[0] == "person"
+
+
+def test_stream_reports_unreadable_files(detector, images, conf, tmp_path):
+    good = tmp_path / "a.jpg"
+    assert cv2.imwrite(str(good), images[0])
+    (tmp_path / "b.jpg").write_bytes(b"garbage")
+    items = list(detector.stream(tmp_path, imgsz=320, conf=conf))
+    assert len(items) == 2
+    assert isinstance(items[0], Results) and items[0].path == str(good)
+    assert not isinstance(items[1], Results) and items[1].image is None and "b.jpg" in items[1].error
