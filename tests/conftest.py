@@ -10,3 +10,12 @@ import torch
 # thread pool spin-waits and makes tiny forward passes 10-50x slower. One thread keeps the
 # suite fast and its timings steady; override with LEYOLO_TEST_THREADS.
 torch.set_num_threads(int(os.environ.get("LEYOLO_TEST_THREADS", "1")))
+
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _private_cache_dir(tmp_path_factory, monkeypatch):
+    """Label caches of a test run go to a temporary folder, never to the user's ~/.cache."""
+    monkeypatch.setenv("LEYOLO_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "leyolo-cache"))

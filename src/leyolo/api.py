@@ -84,7 +84,7 @@ class Detector:
         """A ``Predictor`` with this model's preprocessing and the given thresholds."""
         config.setdefault("imgsz", self.meta.imgsz)
         engine = self.backend(backend, config["imgsz"], device)
-        square = False
+        square = bool(config.pop("square", False))
         fixed = getattr(engine, "fixed_hw", None)
         if fixed is not None:
             if fixed[0] != fixed[1]:

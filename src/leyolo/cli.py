@@ -19,6 +19,9 @@ from .errors import LeyoloError
 log = logging.getLogger("leyolo")
 
 EPILOG = """examples:
+  leyolo demo                                    # synthetic data -> train -> val -> predict, ~5 min on a CPU
+  leyolo train --model leyolo-n --data data.yaml --imgsz 320 --time 10
+  leyolo train --model LeYOLONano.pt --data data.yaml --epochs 5    # fine-tune published weights
   leyolo info --model leyolo-s --imgsz 640
   leyolo predict --model LeYOLONano.pt --source images/ --save-txt
   leyolo val --model LeYOLONano.pt --data coco-mini/data.yaml --imgsz 640 --json dets.json
@@ -86,6 +89,57 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dynamic", action="store_true", help="symbolic batch, height and width")
     p.add_argument("--out", type=Path, help="output file (default: <arch>-<imgsz>.onnx)")
 
+    p = sub.add_parser("train", help="train from scratch or fine-tune (YOLOv8-style recipe)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       description="Train a detector. Start from a model name (from scratch) or weights (fine-tune). "
+                                   "Several GPUs or CPU processes: torchrun --nproc_per_node N -m leyolo train ...")
+    p.add_argument("--model", "-m", default="leyolo-n", help="model name (scratch) or .pt/.safetensors (fine-tune)")
+    p.add_argument("--data", type=Path, help="data.yaml (YOLO txt labels or COCO json)")
+    p.add_argument("--epochs", type=_positive_int, default=100)
+    p.add_argument("--time", type=float, help="training budget in minutes (overrides --epochs; schedule fitted to it)")
+    p.add_argument("--imgsz", type=_positive_int, default=640)
+    p.add_argument("--batch", type=_positive_int, default=16, help="images per step, all processes together")
+    p.add_argument("--nbs", type=_positive_int, default=64, help="nominal batch reached by gradient accumulation")
+    p.add_argument("--workers", type=int, default=2, help="data-loading processes")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:0 (several GPUs: use torchrun)")
+    p.add_argument("--resume", nargs="?", const="", default=None, metavar="CKPT",
+                   help="continue an interrupted run: its last.safetensors or run folder (default: the latest run)")
+    p.add_argument("--project", default="runs/train", help="parent folder of runs")
+    p.add_argument("--name", default="exp", help="run folder name (numbered if it exists)")
+    p.add_argument("--exist-ok", action="store_true", help="reuse the run folder")
+    p.add_argument("--recipe", default="auto", choices=["auto", "scratch", "finetune"],
+                   help="defaults for lr0/warm-up/mosaic: scratch for names, finetune for weights")
+    p.add_argument("--optimizer", default="SGD", choices=["SGD", "AdamW"])
+    p.add_argument("--lr0", type=float, help="initial learning rate (recipe default: 0.01 scratch, 0.002 finetune)")
+    p.add_argument("--lrf", type=float, default=0.01, help="final lr as a fraction of lr0")
+    p.add_argument("--cos-lr", action="store_true", help="cosine instead of linear decay")
+    p.add_argument("--warmup-epochs", type=float)
+    p.add_argument("--mosaic", type=float, help="mosaic probability (recipe default: 1.0 scratch, 0 finetune)")
+    p.add_argument("--mixup", type=float, default=0.0, help="mixup probability")
+    p.add_argument("--close-mosaic", type=int, help="turn mosaic off for the last N epochs (scratch default 10)")
+    p.add_argument("--multi-scale", type=float, default=0.0,
+                   help="random size per batch in [1-x, 1+x] x imgsz (multiple of 32); 0 = off")
+    p.add_argument("--focal-gamma", type=float, default=0.0, help="focal loss gamma for classes (0 = plain BCE)")
+    p.add_argument("--class-weights", choices=["median"], help="per-class loss weights from label frequencies")
+    p.add_argument("--weighted-sampler", action="store_true", help="sample images by their rarest classes")
+    p.add_argument("--teacher", help="trained model to distil from (same classes)")
+    p.add_argument("--distill-ratio", type=float, default=1.0, help="weight of the distillation loss")
+    p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm under DDP on GPUs")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-val", action="store_true", help="skip per-epoch validation")
+
+    p = sub.add_parser("synth", help="generate the synthetic shapes dataset (YOLO format)")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--n-train", type=_positive_int, default=400)
+    p.add_argument("--n-val", type=_positive_int, default=100)
+    p.add_argument("--imgsz", type=_positive_int, default=320)
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("demo", help="generate shapes, train leyolo-n on them, validate and predict (~5 min on 2 cores)")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="where data, weights and images go")
+    p.add_argument("--time", type=float, default=3.0, help="training budget in minutes")
+    p.add_argument("--device", default="cpu")
+
     p = sub.add_parser("convert", help="rewrite a model in leyolo's safetensors format")
     p.add_argument("input", help="published .pt or .safetensors")
     p.add_argument("output", type=Path, help="destination .safetensors file")
@@ -117,7 +171,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     if not args.json:
         print(layer_table(detector.model, info["imgsz"]))
         print(f"{info['model']}: {info['params']:,} parameters, {info['gflops']:.3f} GFLOPs at {info['imgsz']}")
-    print(json.dumps(info) if args.json else "")
+    else:
+        print(json.dumps(info))
     return 0
 
 
@@ -136,7 +191,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     )
     summary = writer.consume(stream)
     for line in summary.report():
-        print(line, file=sys.stderr if line.startswith("skipped") else sys.stdout)
+        print(line, file=sys.stderr if "skipped" in line else sys.stdout)
     return 1 if summary.failed else 0
 
 
@@ -190,7 +245,58 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"info": cmd_info, "predict": cmd_predict, "val": cmd_val, "export": cmd_export, "convert": cmd_convert}
+TRAIN_FIELDS = ("epochs", "time", "imgsz", "batch", "nbs", "workers", "device", "project", "name", "exist_ok", "recipe",
+                "optimizer", "lr0", "lrf", "cos_lr", "warmup_epochs", "mosaic", "mixup", "close_mosaic", "multi_scale",
+                "focal_gamma", "class_weights", "weighted_sampler", "teacher", "distill_ratio", "sync_bn", "seed")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .engine.trainer import train
+
+    logging.getLogger("leyolo").setLevel(logging.WARNING if args.quiet else logging.INFO)
+    options = {k: getattr(args, k) for k in TRAIN_FIELDS}
+    options["val"] = not args.no_val
+    if args.resume is not None:
+        target = args.resume or _latest_run(Path(args.project))
+        explicit = {k: v for k, v in options.items() if k in ("device", "workers") and v is not None}
+        result = train(resume=target, **explicit)
+    else:
+        if args.data is None:
+            raise LeyoloError("--data is required (a data.yaml); try 'leyolo demo' for a self-contained example")
+        result = train(args.model, str(args.data), **options)
+    metrics = result["metrics"]
+    print(f"trained {result['epochs']} epochs in {result['seconds'] / 60:.1f} min; "
+          + (f"val mAP50 {metrics['mAP50']:.4f}, mAP50-95 {metrics['mAP50-95']:.4f}; " if "mAP50" in metrics else "")
+          + f"best weights {result['best']}")
+    return 0
+
+
+def _latest_run(project: Path) -> Path:
+    candidates = sorted(project.glob("*/weights/last.safetensors"), key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        raise LeyoloError(f"{project}: no run to resume (looked for */weights/last.safetensors)")
+    return candidates[-1]
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from .data.synthetic import generate_shapes_dataset
+
+    path = generate_shapes_dataset(args.out, n_train=args.n_train, n_val=args.n_val, imgsz=args.imgsz, seed=args.seed,
+                                   progress=not args.quiet)
+    print(f"dataset ready: {path}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    logging.getLogger("leyolo").setLevel(logging.WARNING if args.quiet else logging.INFO)
+    for line in run_demo(args.out, minutes=args.time, device=args.device):
+        print(line)
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "synth": cmd_synth, "demo": cmd_demo, "info": cmd_info, "predict": cmd_predict, "val": cmd_val, "export": cmd_export, "convert": cmd_convert}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

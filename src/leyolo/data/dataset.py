@@ -199,13 +199,36 @@ def _decode(text: str, key: str) -> _Scan | None:
         return None
 
 
-def _cache_dir(spec: DatasetSpec, images: list[Path], from_json: bool) -> Path:
-    """The ``labels`` folder holding the split's txt labels, else the dataset root."""
-    if not from_json:
-        for parent in label_path(images[0]).parents:
-            if parent.name == "labels":
-                return parent
-    return spec.root
+def _write_cache(cache: Path, payload: str) -> Path | None:
+    """Write the cache atomically; None (with a warning) when the cache folder is not writable."""
+    try:
+        def write(tmp: str) -> None:
+            Path(tmp).write_text(payload, encoding="utf-8")
+
+        atomic_write(cache, write)
+        return cache
+    except OSError as exc:
+        LOGGER.warning("cannot write label cache %s (%s); labels kept in memory only", cache, exc.strerror or exc)
+        return None
+
+
+def cache_root() -> Path:
+    """Where label caches live: ``$LEYOLO_CACHE_DIR``, else ``$XDG_CACHE_HOME/leyolo``, else ``~/.cache/leyolo``.
+
+    Caches never go into the dataset itself: datasets are often shared or read-only, and a
+    library should not leave files in a user's data.
+    """
+    explicit = os.environ.get("LEYOLO_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "leyolo"
+
+
+def _cache_file(spec: DatasetSpec, split: str) -> Path:
+    """One cache file per (data.yaml, split), named by a hash of the yaml's absolute path."""
+    digest = hashlib.sha1(f"{spec.yaml_path.resolve()}::{split}".encode()).hexdigest()[:16]
+    return cache_root() / "labels" / f"{spec.yaml_path.stem}-{split}-{digest}.json"
 
 
 class DetectionDataset(Dataset):
@@ -258,7 +281,7 @@ class DetectionDataset(Dataset):
             sources = [*images, *(label_path(p) for p in images)]
             scan_fn = lambda: _scan_txt(images, self.nc, self.split)  # noqa: E731
         scan = None
-        cache = _cache_dir(self.spec, images, json_path is not None) / f"{self.split}.leyolo-cache.json"
+        cache = _cache_file(self.spec, self.split)
         self.cache_path: Path | None = None
         if use_cache:
             key = _fingerprint(sources, [self.nc, str(json_path)])
@@ -268,13 +291,7 @@ class DetectionDataset(Dataset):
                 scan = None
             if scan is None:
                 scan = scan_fn()
-                payload = _encode(scan, key)
-                try:
-                    atomic_write(cache, lambda tmp: Path(tmp).write_text(payload, encoding="utf-8"))
-                    self.cache_path = cache
-                except OSError as exc:
-                    LOGGER.warning("cannot write label cache %s (%s); labels kept in memory only", cache,
-                                   exc.strerror or exc)
+                self.cache_path = _write_cache(cache, _encode(scan, key))
             else:
                 self.cache_path = cache
         else:

@@ -32,8 +32,8 @@ def clip_boxes(boxes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """A copy of xyxy ``boxes`` clipped to an image of ``shape`` (h, w)."""
     out = _boxes(boxes).copy()
     h, w = shape
-    np.clip(out[:, [0, 2]], 0, w, out=out[:, [0, 2]])
-    np.clip(out[:, [1, 3]], 0, h, out=out[:, [1, 3]])
+    out[:, [0, 2]] = np.clip(out[:, [0, 2]], 0, w)
+    out[:, [1, 3]] = np.clip(out[:, [1, 3]], 0, h)
     return out
 
 
@@ -117,7 +117,9 @@ def horizontal_flip(image: np.ndarray, boxes: np.ndarray, classes: np.ndarray) -
     return np.ascontiguousarray(image[:, ::-1]), out, _classes(classes).copy()
 
 
-def hsv_jitter(image: np.ndarray, rng: np.random.Generator, h: float = 0.015, s: float = 0.7, v: float = 0.4) -> np.ndarray:
+def hsv_jitter(
+    image: np.ndarray, rng: np.random.Generator, h: float = 0.015, s: float = 0.7, v: float = 0.4
+) -> np.ndarray:
     """Random hue/saturation/value gains through lookup tables (cheap: three 256-entry LUTs).
 
     Modifies ``image`` in place when it is contiguous uint8 BGR, and returns it.
@@ -267,8 +269,8 @@ def mosaic4(samples: Sequence[Sample], size: int, rng: np.random.Generator, pad_
         # Only the pasted window of this image is visible: clip to it (not just to the canvas).
         shifted = _boxes(boxes) + np.array([x1a - x1b, y1a - y1b] * 2, dtype=np.float32)
         clipped = shifted.copy()
-        np.clip(clipped[:, [0, 2]], x1a, x2a, out=clipped[:, [0, 2]])
-        np.clip(clipped[:, [1, 3]], y1a, y2a, out=clipped[:, [1, 3]])
+        clipped[:, [0, 2]] = np.clip(clipped[:, [0, 2]], x1a, x2a)
+        clipped[:, [1, 3]] = np.clip(clipped[:, [1, 3]], y1a, y2a)
         keep = box_candidates(shifted, clipped)
         all_boxes.append(clipped[keep])
         all_classes.append(_classes(classes)[keep])

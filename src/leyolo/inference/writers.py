@@ -38,7 +38,7 @@ class PredictSummary:
     seconds: float = 0.0
 
     def report(self) -> list[str]:
-        lines = [f"skipped: {reason}" for reason in self.failed]
+        lines = [f"{len(self.failed)} unreadable file(s) skipped (listed above)"] if self.failed else []
         rate = f", {self.seconds / self.images * 1e3:.1f} ms/image" if self.images else ""
         lines.append(f"{self.images} images, {self.detections} detections{rate}")
         if self.save_dir is not None:
