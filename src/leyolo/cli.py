@@ -57,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"leyolo {_version()}")
     parser.add_argument("--quiet", "-q", action="store_true", help="only errors and final results")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    quiet = argparse.ArgumentParser(add_help=False)
+    quiet.add_argument("--quiet", "-q", action="store_true", default=argparse.SUPPRESS,
+                       help="only errors and final results")
+    add_parser = sub.add_parser
+    sub.add_parser = lambda *a, **k: add_parser(*a, parents=[quiet], **k)  # every sub-command takes -q too
 
     p = sub.add_parser("info", help="parameters, GFLOPs and layer table of a model")
     _add_model(p)

@@ -29,7 +29,11 @@ def read_results(path: Path) -> list[dict[str, float]]:
     if not path.exists():
         return []
     with open(path, newline="") as fh:
-        return [{k: float(v) if v not in ("", None) else float("nan") for k, v in row.items()} for row in csv.DictReader(fh)]
+        rows = [{k: float(v) if v not in ("", None) else float("nan") for k, v in row.items()} for row in csv.DictReader(fh)]
+    for row in rows:
+        if "epoch" in row:
+            row["epoch"] = int(row["epoch"])
+    return rows
 
 
 def plot_results(path: Path, out_dir: Path) -> list[Path]:

@@ -122,16 +122,16 @@ class Trainer:
         from ..registry import create_model, list_models
 
         spec = load_data_yaml(cfg.data)
+        pretrained = Path(str(cfg.model)).exists()
+        self.config = cfg = cfg.resolved(pretrained)
+        self.device = self._setup_device()
+        self._seed(cfg.seed + self.rank)  # before the model is built: its initial weights follow --seed
         if str(cfg.model) in list_models():  # from scratch: build for the dataset's classes directly
             detector = Detector(create_model(str(cfg.model), nc=spec.nc, names=list(spec.names)))
         else:
             detector = load(cfg.model)
         if detector.model is None:
             raise LeyoloError(f"{cfg.model}: an ONNX file cannot be trained; use .pt or .safetensors weights")
-        pretrained = Path(str(cfg.model)).exists()
-        self.config = cfg = cfg.resolved(pretrained)
-        self.device = self._setup_device()
-        self._seed(cfg.seed + self.rank)
         self.spec = spec
         model = detector.model
         if list(model.names) != list(self.spec.names):
@@ -144,7 +144,8 @@ class Trainer:
         hyp = AugmentConfig(mosaic=cfg.mosaic, mixup=cfg.mixup, degrees=cfg.degrees, translate=cfg.translate,
                             scale=cfg.scale, shear=cfg.shear, fliplr=cfg.fliplr, hsv_h=cfg.hsv_h, hsv_s=cfg.hsv_s,
                             hsv_v=cfg.hsv_v)
-        self.train_set = DetectionDataset(self.spec, "train", imgsz=cfg.imgsz, augment=True, hyp=hyp)
+        self.train_set = DetectionDataset(self.spec, "train", imgsz=cfg.imgsz, augment=True, hyp=hyp,
+                                          seed=cfg.seed + self.rank)
         class_weights = None
         if cfg.class_weights or cfg.weighted_sampler:
             from ..data.loader import class_weights_from_counts
@@ -231,7 +232,9 @@ class Trainer:
             epoch_start = time.perf_counter()
             self.epoch = epoch
             self._fire("before_epoch")
-            if cfg.close_mosaic and epoch == max(self.epochs - cfg.close_mosaic, 0) and cfg.mosaic > 0:
+            # ">=" and not "==": a resumed run (or a --time re-plan) may start past the closing epoch
+            if (cfg.close_mosaic and cfg.mosaic > 0 and self.train_set.mosaic_enabled
+                    and epoch >= max(self.epochs - cfg.close_mosaic, 0)):
                 self._close_mosaic()
             losses = self.train_one_epoch(epoch)
             self.metrics = self.validate() if cfg.val and self.is_main else {}
@@ -262,7 +265,7 @@ class Trainer:
         budget = self.config.time
         if not budget or not self.is_main:
             return
-        per_epoch = float(np.mean(self.epoch_times[-3:]))
+        per_epoch = float(np.max(self.epoch_times[-3:]))  # pessimistic: the run must end inside the budget
         remaining = budget * 60 - self.elapsed()
         more = int(remaining // per_epoch) if remaining > 0 else 0
         self.epochs = epoch + 1 + more
