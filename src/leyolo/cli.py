@@ -105,8 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--imgsz", type=_positive_int, default=640)
     p.add_argument("--batch", type=_positive_int, default=16, help="images per step, all processes together")
     p.add_argument("--nbs", type=_positive_int, default=64, help="nominal batch reached by gradient accumulation")
-    p.add_argument("--workers", type=int, default=2, help="data-loading processes")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:0 (several GPUs: use torchrun)")
+    # No argparse defaults for these two: --resume must tell "given" from "left out" (then the checkpoint's
+    # value holds); a fresh run falls back to TrainConfig's defaults (2 workers, cpu).
+    p.add_argument("--workers", type=int, default=argparse.SUPPRESS, help="data-loading processes (default: 2)")
+    p.add_argument("--device", default=argparse.SUPPRESS,
+                   help="cpu, cuda, cuda:0 (several GPUs: use torchrun) (default: cpu)")
     p.add_argument("--resume", nargs="?", const="", default=None, metavar="CKPT",
                    help="continue an interrupted run: its last.safetensors or run folder (default: the latest run)")
     p.add_argument("--project", default="runs/train", help="parent folder of runs")
@@ -115,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", default="auto", choices=["auto", "scratch", "finetune"],
                    help="defaults for lr0/warm-up/mosaic: scratch for names, finetune for weights")
     p.add_argument("--optimizer", default="SGD", choices=["SGD", "AdamW"])
-    p.add_argument("--lr0", type=float, help="initial learning rate (recipe default: 0.01 scratch, 0.002 finetune)")
+    p.add_argument("--lr0", type=float, help="initial learning rate (recipe default: 0.01 scratch, 0.001 finetune)")
     p.add_argument("--lrf", type=float, default=0.01, help="final lr as a fraction of lr0")
     p.add_argument("--cos-lr", action="store_true", help="cosine instead of linear decay")
     p.add_argument("--warmup-epochs", type=float)
@@ -259,11 +262,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .engine.trainer import train
 
     logging.getLogger("leyolo").setLevel(logging.WARNING if args.quiet else logging.INFO)
-    options = {k: getattr(args, k) for k in TRAIN_FIELDS}
+    options = {k: getattr(args, k) for k in TRAIN_FIELDS if getattr(args, k, None) is not None}
     options["val"] = not args.no_val
     if args.resume is not None:
         target = args.resume or _latest_run(Path(args.project))
-        explicit = {k: v for k, v in options.items() if k in ("device", "workers") and v is not None}
+        explicit = {k: v for k, v in options.items() if k in ("device", "workers")}
         result = train(resume=target, **explicit)
     else:
         if args.data is None:

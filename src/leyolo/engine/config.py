@@ -14,7 +14,7 @@ from ..errors import LeyoloError
 
 RECIPES: dict[str, dict[str, Any]] = {
     "scratch": {"lr0": 0.01, "warmup_epochs": 3.0, "warmup_bias_lr": 0.1, "mosaic": 1.0, "close_mosaic": 10},
-    "finetune": {"lr0": 0.002, "warmup_epochs": 0.0, "warmup_bias_lr": 0.0, "mosaic": 0.0, "close_mosaic": 0},
+    "finetune": {"lr0": 0.001, "warmup_epochs": 0.0, "warmup_bias_lr": 0.0, "mosaic": 0.0, "close_mosaic": 0},
 }
 
 
