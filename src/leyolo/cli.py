@@ -7,6 +7,7 @@ one line), 2 bad usage, 130 interrupted. Tracebacks are shown only with ``LEYOLO
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
@@ -151,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("convert", help="rewrite a model in leyolo's safetensors format")
     p.add_argument("input", help="published .pt or .safetensors")
     p.add_argument("output", type=Path, help="destination .safetensors file")
+    for name in PLUGIN_MODULES:  # commands that live beside the code they drive
+        importlib.import_module(name).add_cli(sub)
     return parser
 
 
@@ -304,6 +307,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# Modules exposing ``add_cli(subparsers)``, which adds a parser with ``set_defaults(handler=fn)``
+# where ``fn(args) -> int``. Keep their imports light: heavy dependencies load inside ``fn``.
+PLUGIN_MODULES: tuple[str, ...] = ()
+
 COMMANDS = {"train": cmd_train, "synth": cmd_synth, "demo": cmd_demo, "info": cmd_info, "predict": cmd_predict, "val": cmd_val, "export": cmd_export, "convert": cmd_convert}
 
 
@@ -318,7 +325,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.ERROR if args.quiet else logging.WARNING, format="%(levelname)s: %(message)s")
     try:
-        return COMMANDS[args.command](args)
+        handler = getattr(args, "handler", None) or COMMANDS[args.command]
+        return handler(args)
     except LeyoloError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -1,9 +1,15 @@
-"""Export to ONNX with the preprocessing facts embedded as metadata.
+"""Export to ONNX, TorchScript and OpenVINO with the preprocessing facts embedded as metadata.
 
 The exported graph is ``DecodedModel`` on a BatchNorm-folded copy: input ``images``
-``[B, 3, H, W]`` RGB in [0, 1], output ``output`` ``[B, 4 + nc, A]`` (xyxy input pixels, then
-sigmoid class scores). Folding happens here rather than in the exporter: the TorchScript
-exporter's own Conv+BN folding mis-handles convs that carry a bias (the LeYOLO convs do).
+``[B, 3, H, W]`` RGB in [0, 1] (letterboxed, pad value in the metadata), output ``output``
+``[B, 4 + nc, A]`` (xyxy input pixels, then sigmoid class scores). With ``nms=True`` the ONNX
+graph ends in class-aware NMS instead and has the four EfficientNMS-style outputs described in
+``onnx_graph``. Folding happens here rather than in the exporter: the TorchScript exporter's own
+Conv+BN folding mis-handles convs that carry a bias (the LeYOLO convs do).
+
+Metadata (a JSON object under ``leyolo``): arch, names, imgsz, stride, pad_value, strides, nc,
+output (``"xyxy+scores"`` or ``"efficient_nms"``), dynamic, half, nms (``{conf, iou, max_det,
+multi_label}`` or null), format.
 """
 
 from __future__ import annotations
@@ -11,17 +17,61 @@ from __future__ import annotations
 import copy
 import json
 import warnings
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..errors import LeyoloError
-from ..models.detector import DecodedModel, DetectionModel
 from ..fileio import atomic_write
+from ..models.detector import DecodedModel, DetectionModel
 
 ONNX_OPSET = 17
 METADATA_KEY = "leyolo"
+FORMATS = ("onnx", "torchscript", "openvino")
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """What an export bakes in. ``conf``/``iou``/``max_det``/``multi_label`` only matter with ``nms``."""
+
+    imgsz: int = 640
+    dynamic: bool = False
+    half: bool = False
+    simplify: bool = False
+    nms: bool = False
+    conf: float = 0.25
+    iou: float = 0.7
+    max_det: int = 300
+    multi_label: bool = False
+    batch: int = 1
+
+    def validate(self, fmt: str) -> "ExportOptions":
+        if fmt not in FORMATS:
+            raise LeyoloError(f"unsupported export format {fmt!r} (available: {', '.join(FORMATS)})")
+        if self.imgsz <= 0 or self.imgsz % 32:
+            raise LeyoloError(f"--imgsz must be a positive multiple of 32, got {self.imgsz}")
+        if self.batch < 1:
+            raise LeyoloError(f"batch must be at least 1, got {self.batch}")
+        if self.nms:
+            if not 0.0 <= self.conf <= 1.0 or not 0.0 <= self.iou <= 1.0:
+                raise LeyoloError(f"--conf and --iou must be in [0, 1], got {self.conf} and {self.iou}")
+            if self.max_det < 1:
+                raise LeyoloError(f"--max-det must be at least 1, got {self.max_det}")
+        if fmt == "torchscript":
+            # The trace is CPU fp32: fp16 convs on CPU are slow in torch, and there is no in-graph NMS
+            # op for TorchScript without torchvision. ONNX/OpenVINO cover both.
+            for flag in ("half", "simplify", "nms"):
+                if getattr(self, flag):
+                    raise LeyoloError(f"--{flag} is not available for torchscript (use --format onnx or openvino)")
+        return self
+
+    def nms_info(self) -> dict[str, Any] | None:
+        if not self.nms:
+            return None
+        return {"layout": "efficient_nms", "conf": float(self.conf), "iou": float(self.iou), "max_det": int(self.max_det),
+                "multi_label": bool(self.multi_label)}
 
 
 def model_metadata(model: DetectionModel, imgsz: int) -> dict[str, Any]:
@@ -38,29 +88,84 @@ def model_metadata(model: DetectionModel, imgsz: int) -> dict[str, Any]:
     }
 
 
-def export_onnx(
-    model: DetectionModel, path: str | Path, imgsz: int = 640, dynamic: bool = False, batch: int = 1
-) -> Path:
-    """Write ``model`` as ONNX (opset 17); ``dynamic`` makes batch, height and width symbolic."""
+def export_metadata(model: DetectionModel, fmt: str, opts: ExportOptions) -> dict[str, Any]:
+    """The JSON object stored with every export (and read back by ``leyolo.load``)."""
+    nms = opts.nms_info()
+    return model_metadata(model, opts.imgsz) | {
+        "format": fmt, "dynamic": bool(opts.dynamic), "half": bool(opts.half), "nms": nms,
+        "output": nms["layout"] if nms else "xyxy+scores",
+    }
+
+
+def decoded_graph(model: DetectionModel) -> DecodedModel:
+    """A CPU fp32, BatchNorm-folded, gradient-free ``DecodedModel`` copy: what every format exports."""
+    graph = DecodedModel(copy.deepcopy(model).float().cpu().eval().fuse()).eval()
+    graph.requires_grad_(False)
+    return graph
+
+
+def default_path(arch: str, fmt: str, imgsz: int) -> Path:
+    stem = f"{arch}-{imgsz}"
+    return Path({"onnx": f"{stem}.onnx", "torchscript": f"{stem}.torchscript", "openvino": f"{stem}_openvino_model"}[fmt])
+
+
+def export(model: DetectionModel, path: str | Path | None, fmt: str = "onnx", **options: Any) -> Path:
+    """Write ``model`` in ``fmt``; ``options`` are ``ExportOptions`` fields. Returns the written path."""
+    opts = ExportOptions(**options).validate(fmt)
+    path = Path(path) if path is not None else default_path(model.meta.arch, fmt, opts.imgsz)
+    if fmt == "onnx":
+        return export_onnx(model, path, **asdict(opts))
+    if fmt == "torchscript":
+        from .torchscript import export_torchscript
+
+        return export_torchscript(model, path, opts, export_metadata(model, fmt, opts))
+    from .openvino import export_openvino
+
+    return export_openvino(model, path, opts)
+
+
+def onnx_proto(model: DetectionModel, opts: ExportOptions, tmp: str) -> Any:
+    """Trace to ONNX, then apply FP16, simplification and NMS as asked; returns the ModelProto."""
     import onnx
 
-    if imgsz <= 0 or imgsz % 32:
-        raise LeyoloError(f"--imgsz must be a positive multiple of 32, got {imgsz}")
-    graph = DecodedModel(copy.deepcopy(model).float().cpu().eval().fuse())
-    dummy = torch.zeros(batch, 3, imgsz, imgsz)
-    axes = {"images": {0: "batch", 2: "height", 3: "width"}, "output": {0: "batch", 2: "anchors"}} if dynamic else None
+    from . import onnx_graph
+
+    dummy = torch.zeros(opts.batch, 3, opts.imgsz, opts.imgsz)
+    axes = ({"images": {0: "batch", 2: "height", 3: "width"}, "output": {0: "batch", 2: "anchors"}}
+            if opts.dynamic else None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            decoded_graph(model), dummy, tmp, dynamo=False, opset_version=ONNX_OPSET, input_names=["images"],
+            output_names=["output"], dynamic_axes=axes, do_constant_folding=True,
+        )
+    proto = onnx.load(tmp)
+    if opts.half:
+        proto = onnx_graph.to_fp16(proto)
+    if opts.simplify:
+        simplified = onnx_graph.simplify(proto)
+        onnx_graph.check_same_outputs(proto, simplified, opts.imgsz, "--simplify")
+        proto = simplified
+    if opts.nms:
+        onnx_graph.append_nms(proto, opts.conf, opts.iou, opts.max_det, opts.multi_label)
+        onnx.checker.check_model(proto)
+    return proto
+
+
+def export_onnx(model: DetectionModel, path: str | Path, imgsz: int = 640, dynamic: bool = False, **options: Any) -> Path:
+    """Write ``model`` as ONNX (opset 17); ``dynamic`` makes batch, height and width symbolic.
+
+    ``options`` are the other ``ExportOptions`` fields (half, simplify, nms, conf, iou, ...).
+    """
+    import onnx
+
+    opts = ExportOptions(imgsz=imgsz, dynamic=dynamic, **options).validate("onnx")
+    info = export_metadata(model, "onnx", opts)
 
     def write(tmp: str) -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                graph, dummy, tmp, dynamo=False, opset_version=ONNX_OPSET, input_names=["images"],
-                output_names=["output"], dynamic_axes=axes, do_constant_folding=True,
-            )
-        proto = onnx.load(tmp)
-        info = model_metadata(model, imgsz) | {"dynamic": bool(dynamic)}
+        proto = onnx_proto(model, opts, tmp)
         for key, value in {METADATA_KEY: json.dumps(info), "names": json.dumps(info["names"]), "stride": "32",
-                           "imgsz": str(imgsz)}.items():
+                           "imgsz": str(opts.imgsz)}.items():
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value
         proto.producer_name = "leyolo"
@@ -70,8 +175,10 @@ def export_onnx(
 
 
 def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
-    """The leyolo metadata of an exported ONNX file (names, image size, stride)."""
+    """The leyolo metadata of an exported ONNX file (names, image size, stride, NMS settings)."""
     import onnx
+
+    from .onnx_graph import NMS_OUTPUTS
 
     try:
         proto = onnx.load(str(path), load_external_data=False)
@@ -84,6 +191,11 @@ def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
         except json.JSONDecodeError as exc:
             raise LeyoloError(f"{path}: corrupt leyolo metadata in ONNX file") from exc
     outputs = proto.graph.output
+    names = tuple(o.name for o in outputs)
+    if names == NMS_OUTPUTS:  # a foreign end-to-end export: thresholds unknown, classes unnamed
+        nc = 80
+        return {"arch": "onnx", "names": [f"class{i}" for i in range(nc)], "imgsz": 640, "stride": 32,
+                "pad_value": 114, "output": "efficient_nms", "nms": None}
     if len(outputs) != 1:
         raise LeyoloError(f"{path}: not a leyolo detection export (expected one output)")
     dims = outputs[0].type.tensor_type.shape.dim

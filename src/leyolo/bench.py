@@ -1,0 +1,495 @@
+"""``leyolo bench``: size, speed, memory and accuracy of models x backends x image sizes x batch sizes.
+
+Why it is built this way:
+
+* Every combination is timed in a fresh Python process (``python -m leyolo.bench --worker``):
+  allocator state, thread pools and caches of one combination cannot leak into the next, and
+  the kernel's peak resident set of that process (``ru_maxrss``) means something. ``mem_mb`` is
+  that peak minus the peak right after importing torch/onnxruntime: what loading the artefact,
+  building the backend and the timed loop added, native buffers (oneDNN, MLAS) included, which
+  ``tracemalloc`` cannot see. ``isolate=False`` times in-process and leaves ``mem_mb`` empty.
+* Machines like this drift in speed by +-30%: ``passes`` > 1 runs all combinations round-robin
+  that many times and keeps each one's fastest pass (lowest median), as benchmarks/ does.
+* What is timed is what is sized, written once per model: the safetensors weights for
+  ``torch``, a dynamic-shape ONNX export for ``onnxruntime`` and its static QDQ INT8
+  quantization (``leyolo.deploy.quantize``, calibrated on the data's train split) for
+  ``onnxruntime-int8``. mAP (with ``data``) is scored on that same artefact, once per
+  (model, backend, size): accuracy does not depend on the batch.
+* A combination that fails or cannot run is a row with a ``note``, never a lost run; bad
+  arguments fail fast with one ``LeyoloError`` line before any work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from .errors import LeyoloError
+from .fileio import atomic_write
+
+BACKEND_NAMES = ("torch", "onnxruntime", "onnxruntime-int8")
+MODEL_SUFFIXES = (".pt", ".pth", ".safetensors", ".onnx")
+COLUMNS = ("model", "backend", "imgsz", "batch", "params", "gflops", "file_mb", "latency_ms", "p95_ms", "p99_ms",
+           "throughput_ips", "mem_mb", "mAP50-95", "mAP50", "e2e_ms", "note")
+DIGITS = {"gflops": 3, "file_mb": 2, "latency_ms": 2, "p95_ms": 2, "p99_ms": 2, "throughput_ips": 1, "mem_mb": 1,
+          "mAP50-95": 4, "mAP50": 4, "e2e_ms": 2}
+# LeYOLO paper, COCO val2017: (family, imgsz, GFLOPs, mAP50-95 in %)
+PAPER_POINTS = (("nano", 320, 0.668, 25.2), ("nano", 480, 1.502, 31.3), ("nano", 640, 2.671, 34.3),
+                ("small", 480, 2.551, 35.2), ("small", 640, 4.535, 38.2), ("medium", 640, 5.847, 39.3),
+                ("large", 768, 8.420, 41.0))
+
+
+class Unavailable(Exception):
+    """A backend that cannot run for this model (its message goes to the row's ``note``)."""
+
+
+# ---------------------------------------------------------------------------------- timing
+def time_calls(fn: Callable[[Any], Any], arg: Any, runs: int, warmup: int) -> list[float]:
+    """Seconds per call of ``fn(arg)`` over ``runs`` calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn(arg)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn(arg)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def latency_stats(times: Sequence[float]) -> dict[str, float]:
+    """Median / p95 / p99 in ms (with fewer than 100 runs p99 is close to the maximum)."""
+    import numpy as np
+
+    ms = np.asarray(times, dtype=np.float64) * 1e3
+    return {"latency_ms": float(np.median(ms)), "p95_ms": float(np.percentile(ms, 95)),
+            "p99_ms": float(np.percentile(ms, 99))}
+
+
+def _maxrss_mb() -> float | None:
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
+
+
+def measure(spec: dict[str, Any]) -> dict[str, Any]:
+    """Time one artefact on random ``[batch, 3, imgsz, imgsz]`` input; memory = ru_maxrss growth after imports."""
+    import numpy as np
+
+    threads = spec.get("threads")
+    if spec["backend"] == "torch":
+        import torch
+
+        from .api import load
+
+        if threads:
+            torch.set_num_threads(int(threads))
+        base = _maxrss_mb()
+        engine = load(spec["path"]).backend("torch")
+    else:
+        import onnxruntime  # noqa: F401  (imported before the baseline: the library is not the model's cost)
+
+        from .inference.backends import OnnxRuntimeBackend
+
+        base = _maxrss_mb()
+        engine = OnnxRuntimeBackend(spec["path"], threads)
+    images = np.random.default_rng(0).random((spec["batch"], 3, spec["imgsz"], spec["imgsz"]), dtype=np.float32)
+    times = time_calls(engine, images, int(spec["runs"]), int(spec["warmup"]))
+    peak = _maxrss_mb()
+    return {"times": times, "mem_mb": None if base is None or peak is None else peak - base}
+
+
+def _measure_isolated(spec: dict[str, Any]) -> dict[str, Any]:
+    proc = subprocess.run([sys.executable, "-m", "leyolo.bench", "--worker", json.dumps(spec)],
+                          capture_output=True, text=True)
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        errors = (proc.stderr or proc.stdout).strip().splitlines()
+        return {"error": errors[-1][:200] if errors else f"worker exited with {proc.returncode}"}
+    return json.loads(lines[-1])
+
+
+# ------------------------------------------------------------------------------- artefacts
+@dataclass
+class _Model:
+    """One model of the benchmark: its detector, counts, and the file each backend runs."""
+
+    label: str
+    detector: Any
+    params: int | None = None
+    gflops: dict[int, float] = field(default_factory=dict)
+    artefacts: dict[str, Path] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
+    note: str = ""
+
+    def detector_for(self, backend: str) -> Any:
+        """The detector that runs ``backend`` on the benchmarked artefact (for val and predict)."""
+        from .api import Detector
+
+        if backend == "torch":
+            return self.detector
+        return Detector(onnx_path=self.artefacts[backend], meta=self.detector.meta)
+
+
+def quantize_int8(onnx_path: Path, dest: Path, calibration: list[Path] | None, imgsz: int) -> Path:
+    """Static QDQ INT8 copy of ``onnx_path`` via ``leyolo.deploy.quantize`` (imported lazily: optional)."""
+    if not calibration:
+        raise Unavailable("skipped: INT8 needs --data (calibrated on its train split)")
+    try:
+        from .deploy import quantize as quant
+    except ImportError as exc:
+        raise Unavailable(f"unavailable: leyolo.deploy.quantize cannot be imported ({exc})") from None
+    fn = getattr(quant, "quantize_onnx", None)
+    if fn is None:
+        raise Unavailable("unavailable: leyolo.deploy.quantize has no quantize_onnx()")
+    return Path(fn(onnx_path, dest, calibration=calibration, imgsz=imgsz))
+
+
+def _prepare_model(spec: str, label: str, backends: Sequence[str], sizes: Sequence[int], workdir: Path,
+                   data_spec: Any, calibration: list[Path] | None) -> _Model:
+    from .api import Detector, load
+    from .deploy.export import export_onnx
+    from .flops import count_gflops, count_params
+    from .registry import create_model, list_models
+
+    if spec in list_models():  # untrained; built for the data's classes so that it can be scored
+        names = list(data_spec.names) if data_spec is not None else None
+        detector = Detector(create_model(spec, nc=len(names) if names else 80, names=names))
+    else:
+        detector = load(spec)
+    if data_spec is not None and len(detector.names) != data_spec.nc:
+        raise LeyoloError(f"{spec}: the model has {len(detector.names)} classes, {data_spec.yaml_path} has {data_spec.nc}")
+    model = _Model(label, detector, note="untrained" if spec in list_models() and data_spec is not None else "")
+    torch_model = detector.model
+    if torch_model is not None:
+        model.params = count_params(torch_model)
+        model.gflops = {s: count_gflops(torch_model, s) for s in sizes}
+    if "torch" in backends:
+        if torch_model is None:
+            model.notes["torch"] = "unavailable: an ONNX file runs only on onnxruntime"
+        else:
+            model.artefacts["torch"] = detector.save(workdir / f"{label}.safetensors")
+    if any(b.startswith("onnxruntime") for b in backends):
+        onnx = detector.onnx_path or export_onnx(torch_model, workdir / f"{label}.onnx", max(sizes), dynamic=True)
+        if "onnxruntime" in backends:
+            model.artefacts["onnxruntime"] = onnx
+        if "onnxruntime-int8" in backends:
+            try:
+                model.artefacts["onnxruntime-int8"] = quantize_int8(onnx, workdir / f"{label}-int8.onnx", calibration,
+                                                                    max(sizes))
+            except Unavailable as exc:
+                model.notes["onnxruntime-int8"] = str(exc)
+    return model
+
+
+def _end_to_end_ms(detector: Any, backend: str, imgsz: int, batch: int, files: list[Path], passes: int) -> float:
+    """ms per image of the whole ``predict`` path (decode, letterbox, network, NMS), best of ``passes``."""
+    from .inference.sources import iter_frames
+
+    predictor = detector.predictor("torch" if backend == "torch" else "onnxruntime", imgsz=imgsz, batch=batch)
+    for _ in predictor.stream(iter_frames(files[:2])):  # warm-up
+        pass
+    best = float("inf")
+    for _ in range(passes):
+        start = time.perf_counter()
+        n = sum(1 for _ in predictor.stream(iter_frames(files)))
+        best = min(best, (time.perf_counter() - start) / max(n, 1))
+    return best * 1e3
+
+
+# ------------------------------------------------------------------------------ the run
+def _check_inputs(models: Sequence[str], backends: Sequence[str], sizes: Sequence[int], batches: Sequence[int],
+                  runs: int, warmup: int, passes: int) -> None:
+    from .registry import list_models
+
+    if not models:
+        raise LeyoloError("--models: give at least one model")
+    known = list_models()
+    for spec in models:
+        path = Path(spec)
+        if spec not in known and not (path.is_file() and path.suffix.lower() in MODEL_SUFFIXES):
+            raise LeyoloError(f"unknown model {spec!r}: not a registered name ({', '.join(known)}) "
+                              f"nor an existing {'/'.join(MODEL_SUFFIXES)} file")
+    bad = [b for b in backends if b not in BACKEND_NAMES]
+    if bad or not backends:
+        raise LeyoloError(f"unknown backend {bad[0] if bad else ''!r}; choose from {', '.join(BACKEND_NAMES)}")
+    for s in sizes:
+        if not isinstance(s, int) or s <= 0 or s % 32:
+            raise LeyoloError(f"--imgsz must be positive multiples of 32, got {s!r}")
+    for b in batches:
+        if not isinstance(b, int) or b < 1:
+            raise LeyoloError(f"--batch must be positive integers, got {b!r}")
+    if not sizes or not batches:
+        raise LeyoloError("--imgsz and --batch need at least one value")
+    if runs < 1 or warmup < 0 or passes < 1:
+        raise LeyoloError("--runs and --passes must be >= 1, --warmup >= 0")
+
+
+def _unique_labels(models: Sequence[str]) -> list[str]:
+    stems = [Path(m).stem if Path(m).suffix.lower() in MODEL_SUFFIXES else m for m in models]
+    return [stem if stems.count(stem) == 1 else f"{stem}-{i}" for i, stem in enumerate(stems)]
+
+
+def run_benchmark(models: Sequence[str], backends: Sequence[str] = ("torch", "onnxruntime"),
+                  sizes: Sequence[int] = (640,), *, batches: Sequence[int] = (1,), runs: int = 100, warmup: int = 10,
+                  data: str | Path | None = None, source: str | Path | None = None, compare: bool = False,
+                  passes: int = 1, threads: int | None = None, isolate: bool = True, out: str | Path | None = None,
+                  progress: bool = False) -> list[dict[str, Any]]:
+    """One row per (model, backend, imgsz, batch), keys ``COLUMNS``; with ``out``, also the report files.
+
+    ``models`` are registered names (untrained; built for ``data``'s classes when given) or
+    .pt/.safetensors/.onnx files. ``gflops`` is per image (2 x MACs at 1x3xSxS, as published),
+    latencies are per call of a whole batch, ``throughput_ips`` is batch / median latency.
+    ``compare`` adds ``e2e_ms``: ms per image of ``predict`` over ``source`` (default: the data's
+    val images). ``threads`` caps torch and onnxruntime threads in the timing processes.
+    """
+    from tqdm import tqdm
+
+    from .data.datasets import load_data_yaml, split_images
+    from .inference.sources import resolve_source
+
+    models, backends = list(dict.fromkeys(models)), list(dict.fromkeys(backends))
+    sizes, batches = list(dict.fromkeys(sizes)), list(dict.fromkeys(batches))
+    _check_inputs(models, backends, sizes, batches, runs, warmup, passes)
+    data_spec = load_data_yaml(data) if data is not None else None
+    files: list[Path] = []
+    if compare:
+        if source is None and data_spec is None:
+            raise LeyoloError("--compare needs --data (its val images) or --source")
+        files = resolve_source(source) if source is not None else split_images(data_spec, "val")
+    calibration = split_images(data_spec, "train") if data_spec and "onnxruntime-int8" in backends else None
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="leyolo-bench-") as tmp:
+        prepared = [_prepare_model(spec, label, backends, sizes, Path(tmp), data_spec, calibration)
+                    for spec, label in zip(models, _unique_labels(models))]
+        combos = [(m, b, s, n) for m in prepared for b in backends for s in sizes for n in batches]
+        for m, b, s, n in combos:
+            path = m.artefacts.get(b)
+            rows.append({**dict.fromkeys(COLUMNS), "model": m.label, "backend": b, "imgsz": s, "batch": n,
+                         "params": m.params, "gflops": m.gflops.get(s),
+                         "file_mb": path.stat().st_size / 1e6 if path else None,
+                         "note": "; ".join(x for x in (m.note, m.notes.get(b, "")) if x)})
+        todo = [i for i, (m, b, _, _) in enumerate(combos) if b in m.artefacts]
+        groups = list(dict.fromkeys((combos[i][0].label, combos[i][1], combos[i][2]) for i in todo))
+        total = len(todo) * passes + len(groups) * (data_spec is not None) + len(todo) * bool(files)
+        bar = tqdm(total=total, desc="bench", unit="step", disable=not progress or None)
+        for _ in range(passes):  # round-robin: every combination sees the machine in each of its moods
+            for i in todo:
+                m, b, s, n = combos[i]
+                bar.set_postfix_str(f"{m.label} {b} {s}px b{n}")
+                spec = {"backend": "torch" if b == "torch" else "onnxruntime", "path": str(m.artefacts[b]),
+                        "imgsz": s, "batch": n, "runs": runs, "warmup": warmup, "threads": threads}
+                result = _measure_isolated(spec) if isolate else {**measure(spec), "mem_mb": None}
+                _merge(rows[i], result)
+                bar.update(1)
+        if data_spec is not None:
+            scores = {}
+            for label, b, s in groups:
+                bar.set_postfix_str(f"val {label} {b} {s}px")
+                model = next(m for m in prepared if m.label == label)
+                metrics = model.detector_for(b).val(data, imgsz=s, backend="torch" if b == "torch" else "onnxruntime")
+                scores[label, b, s] = (metrics["mAP50-95"], metrics["mAP50"])
+                bar.update(1)
+            for i in todo:
+                rows[i]["mAP50-95"], rows[i]["mAP50"] = scores[rows[i]["model"], rows[i]["backend"], rows[i]["imgsz"]]
+        if files:
+            for i in todo:
+                m, b, s, n = combos[i]
+                bar.set_postfix_str(f"predict {m.label} {b} {s}px b{n}")
+                rows[i]["e2e_ms"] = _end_to_end_ms(m.detector_for(b), b, s, n, files, passes)
+                bar.update(1)
+        bar.close()
+    if out is not None:
+        write_reports(rows, Path(out), data=str(data) if data else None, threads=threads)
+    return rows
+
+
+def _merge(row: dict[str, Any], result: dict[str, Any]) -> None:
+    """Keep the fastest pass's latencies and the largest memory peak seen."""
+    if "error" in result:
+        if row["latency_ms"] is None:
+            row["note"] = "; ".join(x for x in (row["note"], f"failed: {result['error']}") if x)
+        return
+    stats = latency_stats(result["times"])
+    if row["latency_ms"] is None or stats["latency_ms"] < row["latency_ms"]:
+        row.update(stats, throughput_ips=row["batch"] / (stats["latency_ms"] / 1e3))
+    if result.get("mem_mb") is not None:
+        row["mem_mb"] = max(row["mem_mb"] or 0.0, result["mem_mb"])
+
+
+# ----------------------------------------------------------------------------- reports
+def machine_summary(threads: int | None = None) -> str:
+    """CPU, cores and library versions: a timing means nothing without them."""
+    import onnxruntime
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, "
+            f"threads {threads or 'default'}, Python {platform.python_version()}")
+
+
+def _fmt(value: Any, digits: int | None) -> str:
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value).replace("|", "/")
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{value:.{digits if digits is not None else 3}f}"
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], digits: dict[str, int]) -> str:
+    """A GitHub Markdown table; floats rounded per column, missing values shown as '-'."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_fmt(r.get(c), digits.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], out: Path, stem: str, header: str,
+                digits: dict[str, int]) -> tuple[Path, Path]:
+    """``<stem>.csv`` (full precision) and ``<stem>.md`` (rounded, with ``header`` above), written atomically."""
+
+    def write_csv(tmp: str) -> None:
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows({c: ("" if r.get(c) is None else r.get(c)) for c in columns} for r in rows)
+
+    text = f"{header}\n\n{markdown_table(rows, columns, digits)}\n"
+    csv_path = atomic_write(out / f"{stem}.csv", write_csv)
+    md_path = atomic_write(out / f"{stem}.md", lambda tmp: Path(tmp).write_text(text))
+    return csv_path, md_path
+
+
+def write_reports(rows: Sequence[dict[str, Any]], out: Path, *, data: str | None = None,
+                  threads: int | None = None) -> list[Path]:
+    """``bench.csv``, ``bench.md`` and the PNG plots (when matplotlib is installed)."""
+    header = (f"# leyolo bench\n\nmachine: {machine_summary(threads)}  \n"
+              f"mAP on: {data or 'n/a (no --data)'}; latency = network only on random input, per batch call; "
+              "gflops per image; mem_mb = peak RSS growth of the timing process after imports")
+    paths = list(write_table(rows, COLUMNS, out, "bench", header, DIGITS))
+    return paths + plot_reports(rows, out, data)
+
+
+def plot_reports(rows: Sequence[dict[str, Any]], out: Path, data: str | None = None) -> list[Path]:
+    """Latency vs mAP and GFLOPs vs mAP (paper points for reference); GFLOPs vs latency without mAP."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    batch = min((r["batch"] for r in rows), default=1)
+    timed = [r for r in rows if r["batch"] == batch and r["latency_ms"] is not None]
+    scored = [r for r in timed if r["mAP50-95"] is not None]
+    markers = dict(zip(BACKEND_NAMES, "os^"))
+    ours = f"ours ({Path(data).parent.name if data else 'no data'})"
+    plots: list[tuple[str, str, str, str]] = (
+        [("map_vs_latency.png", "latency_ms", "mAP50-95", f"latency (ms, batch {batch})"),
+         ("map_vs_gflops.png", "gflops", "mAP50-95", "GFLOPs")] if scored
+        else [("latency_vs_gflops.png", "gflops", "latency_ms", "GFLOPs")])
+    written = []
+    for name, xkey, ykey, xlabel in plots:
+        fig, ax = plt.subplots(figsize=(6.4, 4.4))
+        for backend in BACKEND_NAMES:
+            pts = [r for r in (scored if ykey == "mAP50-95" else timed) if r["backend"] == backend
+                   and r[xkey] is not None]
+            scale = 100.0 if ykey == "mAP50-95" else 1.0
+            ax.scatter([r[xkey] for r in pts], [r[ykey] * scale for r in pts], marker=markers[backend],
+                       label=f"{backend}, {ours}" if ykey == "mAP50-95" else backend)
+            for r in pts:
+                ax.annotate(f"{r['model']}@{r['imgsz']}", (r[xkey], r[ykey] * scale), fontsize=7,
+                            xytext=(3, 3), textcoords="offset points")
+        if ykey == "mAP50-95" and xkey == "gflops":
+            for family in dict.fromkeys(p[0] for p in PAPER_POINTS):
+                pts = [p for p in PAPER_POINTS if p[0] == family]
+                ax.plot([p[2] for p in pts], [p[3] for p in pts], "--", marker="x", alpha=0.6,
+                        label=f"LeYOLO-{family} paper (COCO val2017)")
+        elif ykey == "mAP50-95":
+            for family, size, _, value in PAPER_POINTS:
+                ax.axhline(value, ls=":", lw=0.8, color="grey")
+                ax.annotate(f"paper {family}@{size} (COCO val2017)", (0, value), xycoords=("axes fraction", "data"),
+                            fontsize=6, color="grey", xytext=(2, 1), textcoords="offset points")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("mAP50-95 (%)" if ykey == "mAP50-95" else f"latency (ms, batch {batch})")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        written.append(atomic_write(out / name, lambda tmp: fig.savefig(tmp, dpi=110, format="png")))
+        plt.close(fig)
+    return written
+
+
+# ---------------------------------------------------------------------------------- CLI
+def _split(text: str) -> list[str]:
+    return [t.strip() for t in str(text).split(",") if t.strip()]
+
+
+def parse_ints(text: str, option: str) -> list[int]:
+    """``"320,480"`` -> ``[320, 480]``; anything else is a one-line ``LeyoloError``."""
+    try:
+        return [int(t) for t in _split(text)]
+    except ValueError:
+        raise LeyoloError(f"{option} takes comma-separated integers, got {text!r}") from None
+
+
+def add_cli(subparsers: Any) -> None:
+    """Register ``leyolo bench``."""
+    p = subparsers.add_parser("bench", help="speed, size, memory (and mAP) of models x backends x sizes",
+                              description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", required=True, help="comma list of registered names and/or .pt/.safetensors/.onnx")
+    p.add_argument("--backends", default="torch,onnxruntime", help=f"comma list of {', '.join(BACKEND_NAMES)}")
+    p.add_argument("--imgsz", default="640", help="comma list of square input sizes (multiples of 32)")
+    p.add_argument("--batch", default="1", help="comma list of batch sizes (throughput = batch / latency)")
+    p.add_argument("--runs", type=int, default=100, help="timed calls per combination (default 100)")
+    p.add_argument("--warmup", type=int, default=10, help="untimed calls first (default 10)")
+    p.add_argument("--passes", type=int, default=1, help="interleaved passes, fastest kept (default 1)")
+    p.add_argument("--threads", type=int, help="torch/onnxruntime threads (default: the libraries' own)")
+    p.add_argument("--data", type=Path, help="data.yaml: adds mAP (val split) and INT8 calibration (train split)")
+    p.add_argument("--compare", action="store_true", help="also time end-to-end predict per image")
+    p.add_argument("--source", help="images for --compare (default: the data's val images)")
+    p.add_argument("--out", type=Path, default=Path("runs/bench"), help="report folder (default runs/bench)")
+    p.add_argument("--no-isolate", action="store_true", help="time in this process (faster; no memory figure)")
+    p.set_defaults(handler=cmd_bench)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    rows = run_benchmark(
+        _split(args.models), _split(args.backends), parse_ints(args.imgsz, "--imgsz"),
+        batches=parse_ints(args.batch, "--batch"), runs=args.runs, warmup=args.warmup, data=args.data,
+        source=args.source, compare=args.compare, passes=args.passes, threads=args.threads,
+        isolate=not args.no_isolate, out=args.out, progress=not getattr(args, "quiet", False))
+    print(markdown_table(rows, [c for c in COLUMNS if any(r.get(c) not in (None, "") for r in rows)], DIGITS))
+    print(f"report: {args.out / 'bench.md'}, {args.out / 'bench.csv'}")
+    return 0
+
+
+def _worker_main(argv: Sequence[str]) -> int:
+    """Entry of the timing subprocess: one JSON line with the per-call seconds and memory."""
+    spec = json.loads(argv[1])
+    print(json.dumps(measure(spec)))
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3 or sys.argv[1] != "--worker":
+        sys.exit("usage: leyolo bench ... (python -m leyolo.bench --worker SPEC is internal)")
+    sys.exit(_worker_main(sys.argv[1:]))
