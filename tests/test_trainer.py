@@ -388,7 +388,7 @@ def test_config_recipes():
 
     tune = TrainConfig(model="weights.safetensors").resolved(pretrained=True)
     assert tune.recipe == "finetune"
-    assert tune.lr0 == 0.002 and tune.mosaic == 0.0 and tune.warmup_epochs == 0.0 and tune.close_mosaic == 0
+    assert tune.lr0 == 0.001 and tune.mosaic == 0.0 and tune.warmup_epochs == 0.0 and tune.close_mosaic == 0
 
     explicit = TrainConfig(lr0=0.05, mosaic=0.3).resolved(pretrained=True)
     assert explicit.recipe == "finetune" and explicit.lr0 == 0.05 and explicit.mosaic == 0.3

@@ -1,7 +1,8 @@
 """``Detector``: one object with the verbs a practitioner uses (predict, val, export, save, info).
 
 ``load()`` accepts a registered model name, the authors' published ``.pt`` checkpoint, this
-library's ``.safetensors`` checkpoint, or an exported ``.onnx`` file.
+library's ``.safetensors`` checkpoint, or an export: ``.onnx``, ``.torchscript`` or an OpenVINO
+``*_openvino_model/`` folder (or its ``.xml``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 
 from .errors import LeyoloError
 from .flops import count_gflops, count_params
-from .inference.backends import BACKENDS, OnnxRuntimeBackend, TorchBackend
+from .inference.backends import BACKENDS, OnnxRuntimeBackend, OpenVinoBackend, TorchBackend, TorchScriptBackend
 from .inference.predictor import PredictConfig, Predictor
 from .inference.sources import Frame, iter_frames, resolve_source
 from .models.detector import DetectionModel, ModelMeta
@@ -24,26 +25,35 @@ from .structures import Results
 from .weights import load_native, load_published, published_state_dict, read_native_metadata, save_native
 
 PUBLISHED_CANDIDATES = ("leyolo-n", "leyolo-s", "leyolo-m")
+EXPORT_RUNTIMES = {"onnx": "onnxruntime", "torchscript": "torchscript", "openvino": "openvino"}
 
 
 class Detector:
     """A detection model plus the metadata that travels with it.
 
-    Either ``model`` (a PyTorch ``DetectionModel``) or ``onnx_path`` is set; an ONNX-only
-    detector predicts and validates with onnxruntime.
+    Either ``model`` (a PyTorch ``DetectionModel``) or an exported file is set. An export
+    predicts and validates on its own runtime (``EXPORT_RUNTIMES``; ONNX also on OpenVINO);
+    its export settings (``dynamic``, ``half``, ``nms``) are in ``meta.extra``.
     """
 
-    def __init__(self, model: DetectionModel | None = None, onnx_path: Path | None = None, meta: ModelMeta | None = None):
-        if model is None and onnx_path is None:
-            raise ValueError("a Detector needs a model or an ONNX file")
+    def __init__(self, model: DetectionModel | None = None, onnx_path: Path | None = None, meta: ModelMeta | None = None,
+                 *, export_path: Path | None = None, export_format: str | None = None):
+        if onnx_path is not None:
+            export_path, export_format = onnx_path, "onnx"
+        if model is None and export_path is None:
+            raise ValueError("a Detector needs a model or an exported file")
+        if export_path is not None and export_format not in EXPORT_RUNTIMES:
+            raise ValueError(f"unknown export format {export_format!r}")
         self.model = model
-        self.onnx_path = onnx_path
+        self.export_path = export_path
+        self.export_format = export_format if export_path is not None else None
+        self.onnx_path = export_path if export_format == "onnx" else None
         self.meta = meta or model.meta  # type: ignore[union-attr]
         self._onnx_cache: dict[tuple[int, bool], Path] = {}
         self._tmpdir: tempfile.TemporaryDirectory | None = None
 
     def __repr__(self) -> str:
-        where = "torch" if self.model is not None else f"onnx:{self.onnx_path}"
+        where = "torch" if self.model is not None else f"{self.export_format}:{self.export_path}"
         return f"Detector({self.meta.arch}, {len(self.names)} classes, imgsz={self.meta.imgsz}, {where})"
 
     @property
@@ -53,7 +63,7 @@ class Detector:
     # -- backends -------------------------------------------------------------------------
     def _require_model(self, verb: str) -> DetectionModel:
         if self.model is None:
-            raise LeyoloError(f"{verb} needs PyTorch weights; {self.onnx_path} is an exported ONNX file")
+            raise LeyoloError(f"{verb} needs PyTorch weights; {self.export_path} is an exported {self.export_format} model")
         return self.model
 
     def onnx_file(self, imgsz: int) -> Path:
@@ -71,14 +81,35 @@ class Detector:
         return self._onnx_cache[key]
 
     def backend(self, name: str = "torch", imgsz: int | None = None, device: str = "cpu"):
-        """Instantiate a backend by name (``torch`` or ``onnxruntime``)."""
+        """Instantiate a backend by name (``BACKENDS``).
+
+        PyTorch weights run on any of them (the others through a temporary ONNX export or an
+        in-memory trace); an export runs on its own runtime, "torch" being merely the default name.
+        """
         if name not in BACKENDS:
             raise LeyoloError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
-        if name == "torch" and self.model is None:
-            name = "onnxruntime"  # an exported ONNX file runs only on onnxruntime; "torch" is merely the default
+        imgsz = imgsz or self.meta.imgsz
+        if self.model is None:
+            runtime = EXPORT_RUNTIMES[self.export_format]  # type: ignore[index]
+            if name == "torch":
+                name = runtime
+            elif name != runtime and not (self.export_format == "onnx" and name == "openvino"):
+                raise LeyoloError(f"{self.export_path} is a {self.export_format} export; it runs on --backend {runtime}")
+        nms, half = self.meta.extra.get("nms"), bool(self.meta.extra.get("half"))
         if name == "torch":
             return TorchBackend(self._require_model("the torch backend"), device)
-        return OnnxRuntimeBackend(self.onnx_file(imgsz or self.meta.imgsz))
+        if name == "torchscript":
+            if self.model is None:
+                return TorchScriptBackend.from_file(self.export_path, device)  # type: ignore[arg-type]
+            from .deploy.torchscript import trace_decoded
+
+            return TorchScriptBackend(trace_decoded(self.model, imgsz), device)
+        if name == "openvino":
+            from .deploy.openvino import openvino_xml
+
+            path = openvino_xml(self.export_path) if self.export_format == "openvino" else self.onnx_file(imgsz)
+            return OpenVinoBackend(path, nms=nms, half=half)
+        return OnnxRuntimeBackend(self.onnx_file(imgsz), nms=nms)
 
     def predictor(self, backend: str = "torch", device: str = "cpu", **config: Any) -> Predictor:
         """A ``Predictor`` with this model's preprocessing and the given thresholds."""
@@ -88,9 +119,9 @@ class Detector:
         fixed = getattr(engine, "fixed_hw", None)
         if fixed is not None:
             if fixed[0] != fixed[1]:
-                raise LeyoloError(f"{self.onnx_path}: fixed non-square input {fixed} is not supported")
+                raise LeyoloError(f"{self.export_path}: fixed non-square input {fixed} is not supported")
             if config["imgsz"] != fixed[0]:
-                raise LeyoloError(f"{self.onnx_path} was exported for --imgsz {fixed[0]}, not {config['imgsz']}")
+                raise LeyoloError(f"{self.export_path} was exported for --imgsz {fixed[0]}, not {config['imgsz']}")
             square = True
         cfg = PredictConfig(stride=self.meta.stride, pad_value=self.meta.pad_value, square=square, **config)
         return Predictor(engine, self.names, cfg)
@@ -137,15 +168,19 @@ class Detector:
         return validate(self, data, **kwargs)
 
     def export(self, path: str | Path | None = None, *, format: str = "onnx", imgsz: int | None = None,
-               dynamic: bool = False) -> Path:
-        """Write an exported model; returns its path."""
-        from .deploy.export import export_onnx
+               dynamic: bool = False, half: bool = False, simplify: bool = False, nms: bool = False,
+               conf: float = 0.25, iou: float = 0.7, max_det: int = 300, multi_label: bool = False) -> Path:
+        """Write an export (``onnx``, ``torchscript`` or ``openvino``) atomically; returns its path.
 
-        if format != "onnx":
-            raise LeyoloError(f"unsupported export format {format!r} (available: onnx)")
-        imgsz = imgsz or self.meta.imgsz
-        path = Path(path) if path is not None else Path(f"{self.meta.arch}-{imgsz}.onnx")
-        return export_onnx(self._require_model("export"), path, imgsz, dynamic)
+        ``nms=True`` puts decoding + class-aware NMS in the graph (EfficientNMS-style outputs) with
+        ``conf``/``iou``/``max_det``/``multi_label`` baked in; see ``leyolo.deploy.export``.
+        Default path: ``<arch>-<imgsz>.onnx`` / ``.torchscript`` / ``_openvino_model/``.
+        """
+        from .deploy.export import export
+
+        return export(self._require_model("export"), path, format, imgsz=imgsz or self.meta.imgsz, dynamic=dynamic,
+                      half=half, simplify=simplify, nms=nms, conf=conf, iou=iou, max_det=max_det,
+                      multi_label=multi_label)
 
     def save(self, path: str | Path) -> Path:
         """Save in this library's format (safetensors + metadata), atomically."""
@@ -184,7 +219,7 @@ def load(source: str | Path, *, arch: str | None = None) -> Detector:
 
     Args:
         source: ``"leyolo-n"`` (untrained), a published ``.pt``, a ``.safetensors`` written by
-            this library, or an ``.onnx`` export.
+            this library, or an export (``.onnx``, ``.torchscript``, OpenVINO folder or ``.xml``).
         arch: force the architecture of a published ``.pt`` instead of detecting it.
     """
     text = str(source)
@@ -194,16 +229,21 @@ def load(source: str | Path, *, arch: str | None = None) -> Detector:
     if not path.exists():
         hint = f"; known model names: {', '.join(list_models())}" if not path.suffix else ""
         raise LeyoloError(f"{path}: no such file{hint}")
-    if path.is_dir():
-        raise LeyoloError(f"{path}: is a directory, expected a model file")
     suffix = path.suffix.lower()
+    if path.is_dir() or suffix == ".xml":
+        if path.is_dir() and not any(path.glob("*.xml")):
+            raise LeyoloError(f"{path}: is a directory, expected a model file or an OpenVINO export folder")
+        from .deploy.openvino import openvino_xml, read_openvino_metadata
+
+        return _exported(path, "openvino", read_openvino_metadata(openvino_xml(path)))
     if suffix == ".onnx":
         from .deploy.export import read_onnx_metadata
 
-        info = read_onnx_metadata(path)
-        meta = ModelMeta(info.get("arch", "onnx"), list(info["names"]), int(info.get("imgsz", 640)),
-                         int(info.get("stride", 32)), int(info.get("pad_value", 114)))
-        return Detector(onnx_path=path, meta=meta)
+        return _exported(path, "onnx", read_onnx_metadata(path))
+    if suffix == ".torchscript":
+        from .deploy.torchscript import read_torchscript_metadata
+
+        return _exported(path, "torchscript", read_torchscript_metadata(path))
     if suffix == ".safetensors":
         return _load_native(path)
     if suffix in (".pt", ".pth"):
@@ -216,7 +256,20 @@ def load(source: str | Path, *, arch: str | None = None) -> Detector:
         imgsz = ck.train_args.get("imgsz") if isinstance(ck.train_args.get("imgsz"), int) else model.meta.imgsz
         model.meta.imgsz = imgsz
         return Detector(model.float().eval())
-    raise LeyoloError(f"{path}: unknown model format {suffix!r} (expected .pt, .safetensors or .onnx)")
+    raise LeyoloError(f"{path}: unknown model format {suffix!r} "
+                      "(expected .pt, .safetensors, .onnx, .torchscript or an OpenVINO folder)")
+
+
+def _exported(path: Path, fmt: str, info: dict[str, Any]) -> Detector:
+    """A Detector for an export, its settings (format, dynamic, half, nms) in ``meta.extra``."""
+    names = info.get("names")
+    if not isinstance(names, list) or not names:
+        raise LeyoloError(f"{path}: metadata has no class names")
+    extra = {"format": fmt, "dynamic": bool(info.get("dynamic", False)), "half": bool(info.get("half", False)),
+             "nms": info.get("nms")}
+    meta = ModelMeta(str(info.get("arch", fmt)), [str(n) for n in names], int(info.get("imgsz", 640)),
+                     int(info.get("stride", 32)), int(info.get("pad_value", 114)), extra)
+    return Detector(meta=meta, export_path=path, export_format=fmt)
 
 
 def _load_native(path: Path) -> Detector:

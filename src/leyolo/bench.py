@@ -4,10 +4,12 @@ Why it is built this way:
 
 * Every combination is timed in a fresh Python process (``python -m leyolo.bench --worker``):
   allocator state, thread pools and caches of one combination cannot leak into the next, and
-  the kernel's peak resident set of that process (``ru_maxrss``) means something. ``mem_mb`` is
-  that peak minus the peak right after importing torch/onnxruntime: what loading the artefact,
-  building the backend and the timed loop added, native buffers (oneDNN, MLAS) included, which
-  ``tracemalloc`` cannot see. ``isolate=False`` times in-process and leaves ``mem_mb`` empty.
+  the kernel's peak resident set of that process means something. ``mem_mb`` is that peak minus
+  the resident set right after importing torch/onnxruntime (Linux: the peak mark is reset there
+  via /proc/self/clear_refs): what loading the artefact, building the backend, the input and the
+  timed loop added, native buffers (oneDNN, MLAS) included, which ``tracemalloc`` cannot see.
+  It is empty in-process (``isolate=False``) and without /proc: ``ru_maxrss`` cannot be reset,
+  so it would mostly measure the imports.
 * Machines like this drift in speed by +-30%: ``passes`` > 1 runs all combinations round-robin
   that many times and keeps each one's fastest pass (lowest median), as benchmarks/ does.
 * What is timed is what is sized, written once per model: the safetensors weights for
@@ -75,17 +77,26 @@ def latency_stats(times: Sequence[float]) -> dict[str, float]:
             "p99_ms": float(np.percentile(ms, 99))}
 
 
-def _maxrss_mb() -> float | None:
+def _rss_mb(key: str = "VmRSS") -> float | None:
+    """Resident set (``VmRSS``) or its peak (``VmHWM``) in MiB; None without Linux's /proc."""
     try:
-        import resource
-    except ImportError:  # Windows
+        line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith(key + ":"))
+    except (OSError, StopIteration):
         return None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
+    return int(line.split()[1]) / 1024  # kB
+
+
+def _reset_peak() -> float | None:
+    """Reset the kernel's peak-RSS mark to the current RSS (``clear_refs`` 5); return that RSS."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return None
+    return _rss_mb()
 
 
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
-    """Time one artefact on random ``[batch, 3, imgsz, imgsz]`` input; memory = ru_maxrss growth after imports."""
+    """Time one artefact on random ``[batch, 3, imgsz, imgsz]`` input; memory = peak RSS growth after imports."""
     import numpy as np
 
     threads = spec.get("threads")
@@ -96,19 +107,19 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
 
         if threads:
             torch.set_num_threads(int(threads))
-        base = _maxrss_mb()
+        base = _reset_peak()
         engine = load(spec["path"]).backend("torch")
     else:
         import onnxruntime  # noqa: F401  (imported before the baseline: the library is not the model's cost)
 
         from .inference.backends import OnnxRuntimeBackend
 
-        base = _maxrss_mb()
+        base = _reset_peak()
         engine = OnnxRuntimeBackend(spec["path"], threads)
     images = np.random.default_rng(0).random((spec["batch"], 3, spec["imgsz"], spec["imgsz"]), dtype=np.float32)
     times = time_calls(engine, images, int(spec["runs"]), int(spec["warmup"]))
-    peak = _maxrss_mb()
-    return {"times": times, "mem_mb": None if base is None or peak is None else peak - base}
+    peak = _rss_mb("VmHWM") if base is not None else None
+    return {"times": times, "mem_mb": None if peak is None else peak - base}
 
 
 def _measure_isolated(spec: dict[str, Any]) -> dict[str, Any]:
@@ -149,8 +160,8 @@ def quantize_int8(onnx_path: Path, dest: Path, calibration: list[Path] | None, i
         raise Unavailable("skipped: INT8 needs --data (calibrated on its train split)")
     try:
         from .deploy import quantize as quant
-    except ImportError as exc:
-        raise Unavailable(f"unavailable: leyolo.deploy.quantize cannot be imported ({exc})") from None
+    except ImportError:
+        raise Unavailable("unavailable: leyolo.deploy.quantize is missing or cannot be imported") from None
     fn = getattr(quant, "quantize_onnx", None)
     if fn is None:
         raise Unavailable("unavailable: leyolo.deploy.quantize has no quantize_onnx()")
@@ -198,7 +209,7 @@ def _end_to_end_ms(detector: Any, backend: str, imgsz: int, batch: int, files: l
     """ms per image of the whole ``predict`` path (decode, letterbox, network, NMS), best of ``passes``."""
     from .inference.sources import iter_frames
 
-    predictor = detector.predictor("torch" if backend == "torch" else "onnxruntime", imgsz=imgsz, batch=batch)
+    predictor = detector.predictor(_engine(backend), imgsz=imgsz, batch=batch)
     for _ in predictor.stream(iter_frames(files[:2])):  # warm-up
         pass
     best = float("inf")
@@ -225,14 +236,10 @@ def _check_inputs(models: Sequence[str], backends: Sequence[str], sizes: Sequenc
     bad = [b for b in backends if b not in BACKEND_NAMES]
     if bad or not backends:
         raise LeyoloError(f"unknown backend {bad[0] if bad else ''!r}; choose from {', '.join(BACKEND_NAMES)}")
-    for s in sizes:
-        if not isinstance(s, int) or s <= 0 or s % 32:
-            raise LeyoloError(f"--imgsz must be positive multiples of 32, got {s!r}")
-    for b in batches:
-        if not isinstance(b, int) or b < 1:
-            raise LeyoloError(f"--batch must be positive integers, got {b!r}")
-    if not sizes or not batches:
-        raise LeyoloError("--imgsz and --batch need at least one value")
+    if not sizes or any(not isinstance(s, int) or s <= 0 or s % 32 for s in sizes):
+        raise LeyoloError(f"--imgsz must be positive multiples of 32, got {list(sizes)}")
+    if not batches or any(not isinstance(b, int) or b < 1 for b in batches):
+        raise LeyoloError(f"--batch must be positive integers, got {list(batches)}")
     if runs < 1 or warmup < 0 or passes < 1:
         raise LeyoloError("--runs and --passes must be >= 1, --warmup >= 0")
 
@@ -282,33 +289,33 @@ def run_benchmark(models: Sequence[str], backends: Sequence[str] = ("torch", "on
                          "file_mb": path.stat().st_size / 1e6 if path else None,
                          "note": "; ".join(x for x in (m.note, m.notes.get(b, "")) if x)})
         todo = [i for i, (m, b, _, _) in enumerate(combos) if b in m.artefacts]
-        groups = list(dict.fromkeys((combos[i][0].label, combos[i][1], combos[i][2]) for i in todo))
+        groups = {(combos[i][0].label, combos[i][1], combos[i][2]) for i in todo}
         total = len(todo) * passes + len(groups) * (data_spec is not None) + len(todo) * bool(files)
         bar = tqdm(total=total, desc="bench", unit="step", disable=not progress or None)
         for _ in range(passes):  # round-robin: every combination sees the machine in each of its moods
             for i in todo:
                 m, b, s, n = combos[i]
                 bar.set_postfix_str(f"{m.label} {b} {s}px b{n}")
-                spec = {"backend": "torch" if b == "torch" else "onnxruntime", "path": str(m.artefacts[b]),
+                spec = {"backend": _engine(b), "path": str(m.artefacts[b]),
                         "imgsz": s, "batch": n, "runs": runs, "warmup": warmup, "threads": threads}
                 result = _measure_isolated(spec) if isolate else {**measure(spec), "mem_mb": None}
                 _merge(rows[i], result)
                 bar.update(1)
-        if data_spec is not None:
-            scores = {}
-            for label, b, s in groups:
-                bar.set_postfix_str(f"val {label} {b} {s}px")
-                model = next(m for m in prepared if m.label == label)
-                metrics = model.detector_for(b).val(data, imgsz=s, backend="torch" if b == "torch" else "onnxruntime")
-                scores[label, b, s] = (metrics["mAP50-95"], metrics["mAP50"])
-                bar.update(1)
-            for i in todo:
-                rows[i]["mAP50-95"], rows[i]["mAP50"] = scores[rows[i]["model"], rows[i]["backend"], rows[i]["imgsz"]]
-        if files:
-            for i in todo:
-                m, b, s, n = combos[i]
+        scores: dict[tuple[str, str, int], dict[str, Any] | None] = {}
+        for i in todo:  # accuracy and end-to-end time, after every timing pass
+            m, b, s, n = combos[i]
+            if data_spec is not None:
+                if (m.label, b, s) not in scores:
+                    bar.set_postfix_str(f"val {m.label} {b} {s}px")
+                    scores[m.label, b, s] = _attempt(rows[i], "val", lambda: m.detector_for(b).val(
+                        data, imgsz=s, backend=_engine(b)))
+                    bar.update(1)
+                metrics = scores[m.label, b, s] or {}
+                rows[i]["mAP50-95"], rows[i]["mAP50"] = metrics.get("mAP50-95"), metrics.get("mAP50")
+            if files:
                 bar.set_postfix_str(f"predict {m.label} {b} {s}px b{n}")
-                rows[i]["e2e_ms"] = _end_to_end_ms(m.detector_for(b), b, s, n, files, passes)
+                rows[i]["e2e_ms"] = _attempt(rows[i], "predict", lambda: _end_to_end_ms(
+                    m.detector_for(b), b, s, n, files, passes))
                 bar.update(1)
         bar.close()
     if out is not None:
@@ -316,11 +323,29 @@ def run_benchmark(models: Sequence[str], backends: Sequence[str] = ("torch", "on
     return rows
 
 
+def _engine(backend: str) -> str:
+    return "torch" if backend == "torch" else "onnxruntime"
+
+
+def _add_note(row: dict[str, Any], text: str) -> None:
+    if text not in row["note"]:
+        row["note"] = "; ".join(x for x in (row["note"], text) if x)
+
+
+def _attempt(row: dict[str, Any], what: str, fn: Callable[[], Any]) -> Any:
+    """``fn()``, or None with the one-line reason in the row's note: one bad combination never ends the run."""
+    try:
+        return fn()
+    except LeyoloError as exc:
+        _add_note(row, f"{what} failed: {exc}")
+        return None
+
+
 def _merge(row: dict[str, Any], result: dict[str, Any]) -> None:
     """Keep the fastest pass's latencies and the largest memory peak seen."""
     if "error" in result:
         if row["latency_ms"] is None:
-            row["note"] = "; ".join(x for x in (row["note"], f"failed: {result['error']}") if x)
+            _add_note(row, f"timing failed: {result['error']}")
         return
     stats = latency_stats(result["times"])
     if row["latency_ms"] is None or stats["latency_ms"] < row["latency_ms"]:
@@ -389,7 +414,7 @@ def write_reports(rows: Sequence[dict[str, Any]], out: Path, *, data: str | None
 
 
 def plot_reports(rows: Sequence[dict[str, Any]], out: Path, data: str | None = None) -> list[Path]:
-    """Latency vs mAP and GFLOPs vs mAP (paper points for reference); GFLOPs vs latency without mAP."""
+    """mAP vs latency and vs GFLOPs (paper points for reference), or latency vs GFLOPs without mAP."""
     try:
         import matplotlib
 
@@ -398,38 +423,33 @@ def plot_reports(rows: Sequence[dict[str, Any]], out: Path, data: str | None = N
     except ImportError:
         return []
     batch = min((r["batch"] for r in rows), default=1)
-    timed = [r for r in rows if r["batch"] == batch and r["latency_ms"] is not None]
+    timed = [r for r in rows if r["batch"] == batch and r["latency_ms"] is not None and r["gflops"] is not None]
     scored = [r for r in timed if r["mAP50-95"] is not None]
-    markers = dict(zip(BACKEND_NAMES, "os^"))
-    ours = f"ours ({Path(data).parent.name if data else 'no data'})"
-    plots: list[tuple[str, str, str, str]] = (
-        [("map_vs_latency.png", "latency_ms", "mAP50-95", f"latency (ms, batch {batch})"),
-         ("map_vs_gflops.png", "gflops", "mAP50-95", "GFLOPs")] if scored
-        else [("latency_vs_gflops.png", "gflops", "latency_ms", "GFLOPs")])
+    lat = f"latency (ms, batch {batch})"
+    plots = ([("map_vs_latency.png", "latency_ms", lat), ("map_vs_gflops.png", "gflops", "GFLOPs")] if scored
+             else [("latency_vs_gflops.png", "gflops", "GFLOPs")])
+    ykey, ylabel = ("mAP50-95", "mAP50-95 (%)") if scored else ("latency_ms", lat)
+    scale = 100.0 if scored else 1.0
     written = []
-    for name, xkey, ykey, xlabel in plots:
+    for name, xkey, xlabel in plots:
         fig, ax = plt.subplots(figsize=(6.4, 4.4))
-        for backend in BACKEND_NAMES:
-            pts = [r for r in (scored if ykey == "mAP50-95" else timed) if r["backend"] == backend
-                   and r[xkey] is not None]
-            scale = 100.0 if ykey == "mAP50-95" else 1.0
-            ax.scatter([r[xkey] for r in pts], [r[ykey] * scale for r in pts], marker=markers[backend],
-                       label=f"{backend}, {ours}" if ykey == "mAP50-95" else backend)
+        for backend, marker in zip(BACKEND_NAMES, "os^"):
+            pts = [r for r in (scored or timed) if r["backend"] == backend]
+            ax.scatter([r[xkey] for r in pts], [r[ykey] * scale for r in pts], marker=marker,
+                       label=f"{backend}, on {Path(data).parent.name}" if scored and data else backend)
             for r in pts:
-                ax.annotate(f"{r['model']}@{r['imgsz']}", (r[xkey], r[ykey] * scale), fontsize=7,
-                            xytext=(3, 3), textcoords="offset points")
-        if ykey == "mAP50-95" and xkey == "gflops":
-            for family in dict.fromkeys(p[0] for p in PAPER_POINTS):
-                pts = [p for p in PAPER_POINTS if p[0] == family]
-                ax.plot([p[2] for p in pts], [p[3] for p in pts], "--", marker="x", alpha=0.6,
-                        label=f"LeYOLO-{family} paper (COCO val2017)")
-        elif ykey == "mAP50-95":
-            for family, size, _, value in PAPER_POINTS:
-                ax.axhline(value, ls=":", lw=0.8, color="grey")
-                ax.annotate(f"paper {family}@{size} (COCO val2017)", (0, value), xycoords=("axes fraction", "data"),
-                            fontsize=6, color="grey", xytext=(2, 1), textcoords="offset points")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("mAP50-95 (%)" if ykey == "mAP50-95" else f"latency (ms, batch {batch})")
+                ax.annotate(f"{r['model']}@{r['imgsz']}", (r[xkey], r[ykey] * scale), fontsize=7, xytext=(3, 3),
+                            textcoords="offset points")
+        for family in dict.fromkeys(p[0] for p in PAPER_POINTS) if scored and xkey == "gflops" else ():
+            pts = [p for p in PAPER_POINTS if p[0] == family]
+            ax.plot([p[2] for p in pts], [p[3] for p in pts], "--x", alpha=0.6, label=f"LeYOLO-{family}, paper "
+                    "(COCO val2017)")
+        for family, size, _, value in (p for p in PAPER_POINTS if scored and xkey != "gflops"
+                                       and p[1] in {r["imgsz"] for r in scored}):
+            ax.axhline(value, ls=":", lw=0.8, color="grey")
+            ax.annotate(f"paper {family}@{size} (COCO val2017)", (0, value), xycoords=("axes fraction", "data"),
+                        fontsize=6, color="grey", xytext=(2, 1), textcoords="offset points")
+        ax.set(xlabel=xlabel, ylabel=ylabel)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
         fig.tight_layout()
@@ -482,14 +502,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _worker_main(argv: Sequence[str]) -> int:
-    """Entry of the timing subprocess: one JSON line with the per-call seconds and memory."""
-    spec = json.loads(argv[1])
-    print(json.dumps(measure(spec)))
-    return 0
-
-
-if __name__ == "__main__":
+if __name__ == "__main__":  # the timing subprocess: one JSON line with per-call seconds and memory
     if len(sys.argv) != 3 or sys.argv[1] != "--worker":
         sys.exit("usage: leyolo bench ... (python -m leyolo.bench --worker SPEC is internal)")
-    sys.exit(_worker_main(sys.argv[1:]))
+    print(json.dumps(measure(json.loads(sys.argv[2]))))

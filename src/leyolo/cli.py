@@ -27,6 +27,7 @@ EPILOG = """examples:
   leyolo predict --model LeYOLONano.pt --source images/ --save-txt
   leyolo val --model LeYOLONano.pt --data coco-mini/data.yaml --imgsz 640 --json dets.json
   leyolo export --model LeYOLONano.pt --format onnx --dynamic
+  leyolo export --model LeYOLONano.pt --format openvino --imgsz 320 --nms   # then: leyolo predict --model <folder>
   leyolo convert LeYOLONano.pt leyolo-n.safetensors
 """
 
@@ -45,9 +46,13 @@ def _unit_float(text: str) -> float:
     return value
 
 
+EXPORT_FORMATS = ["onnx", "torchscript", "openvino"]  # leyolo.deploy.export.FORMATS (kept here: no heavy import)
+
+
 def _add_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", "-m", required=True,
-                   help="registered name (leyolo-n/s/m/l), published .pt, .safetensors or .onnx file")
+                   help="registered name (leyolo-n/s/m/l), published .pt, .safetensors, or an export "
+                        "(.onnx, .torchscript, OpenVINO folder)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,12 +93,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, dest="json_out", help="write COCO-format detections to this file")
     p.add_argument("--verbose", "-v", action="store_true", help="also print per-class AP")
 
-    p = sub.add_parser("export", help="export a model (ONNX)")
+    p = sub.add_parser("export", help="export a model (ONNX, TorchScript, OpenVINO)",
+                       description="Export for deployment. The exported model takes the letterboxed RGB image "
+                                   "[B, 3, H, W] in [0, 1]; leyolo load/predict/val read its metadata back.")
     _add_model(p)
-    p.add_argument("--format", default="onnx", choices=["onnx"], help="export format")
+    p.add_argument("--format", default="onnx", choices=EXPORT_FORMATS, help="export format (default onnx)")
     p.add_argument("--imgsz", type=_positive_int, help="input size (default: the model's)")
-    p.add_argument("--dynamic", action="store_true", help="symbolic batch, height and width")
-    p.add_argument("--out", type=Path, help="output file (default: <arch>-<imgsz>.onnx)")
+    p.add_argument("--dynamic", action="store_true", help="symbolic batch, height and width (TorchScript always is)")
+    p.add_argument("--half", action="store_true",
+                   help="FP16 weights/compute, FP32 inputs and outputs (onnx, openvino); mainly for GPU runtimes")
+    p.add_argument("--simplify", action="store_true", help="simplify the graph with onnxslim (onnx, openvino)")
+    p.add_argument("--nms", action="store_true",
+                   help="NMS inside the graph; outputs num_dets, det_boxes, det_scores, det_classes (onnx, openvino)")
+    p.add_argument("--conf", type=_unit_float, default=0.25, help="with --nms: score threshold baked in (default 0.25)")
+    p.add_argument("--iou", type=_unit_float, default=0.7, help="with --nms: NMS IoU threshold (default 0.7)")
+    p.add_argument("--max-det", type=_positive_int, default=300, help="with --nms: detections per image (default 300)")
+    p.add_argument("--multi-label", action="store_true",
+                   help="with --nms: keep a box once per class above conf (validation protocol)")
+    p.add_argument("--out", type=Path,
+                   help="output path (default: <arch>-<imgsz>.onnx, .torchscript or _openvino_model/)")
 
     p = sub.add_parser("train", help="train from scratch or fine-tune (YOLOv8-style recipe)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -163,7 +181,8 @@ def _add_inference_args(p: argparse.ArgumentParser, conf: float) -> None:
     p.add_argument("--iou", type=_unit_float, default=0.7, help="NMS IoU threshold (default 0.7)")
     p.add_argument("--max-det", type=_positive_int, default=300, help="detections kept per image (default 300)")
     p.add_argument("--batch", type=_positive_int, default=1, help="images per forward pass (default 1)")
-    p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"], help="inference engine")
+    p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime", "torchscript", "openvino"],
+                   help="inference engine (an exported model uses its own runtime)")
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:0 (default cpu)")
 
 
@@ -241,8 +260,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .api import load
 
     detector = load(args.model)
-    path = detector.export(args.out, format=args.format, imgsz=args.imgsz, dynamic=args.dynamic)
-    print(f"exported {path} ({path.stat().st_size / 1e6:.2f} MB)")
+    path = detector.export(args.out, format=args.format, imgsz=args.imgsz, dynamic=args.dynamic, half=args.half,
+                           simplify=args.simplify, nms=args.nms, conf=args.conf, iou=args.iou, max_det=args.max_det,
+                           multi_label=args.multi_label)
+    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
+    print(f"exported {path} ({size / 1e6:.2f} MB)")
     return 0
 
 

@@ -97,9 +97,28 @@ def export_metadata(model: DetectionModel, fmt: str, opts: ExportOptions) -> dic
     }
 
 
-def decoded_graph(model: DetectionModel) -> DecodedModel:
-    """A CPU fp32, BatchNorm-folded, gradient-free ``DecodedModel`` copy: what every format exports."""
-    graph = DecodedModel(copy.deepcopy(model).float().cpu().eval().fuse()).eval()
+class HalfDecodedModel(torch.nn.Module):
+    """FP16 network between FP32 input and FP32 decoding.
+
+    Only the convolutional trunk runs in FP16: the DFL expectation and box arithmetic stay FP32
+    (FP16 has a 0.5 px step at 640 px). The casts are traced into the graph, so the export keeps
+    FP32 inputs and outputs and needs no ONNX float16 converter.
+    """
+
+    def __init__(self, model: DetectionModel) -> None:
+        super().__init__()
+        self.model = model.half()
+        self.model.head.dfl.float()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        maps = self.model(x.half())
+        return self.model.decode([m.float() for m in maps])
+
+
+def decoded_graph(model: DetectionModel, half: bool = False) -> torch.nn.Module:
+    """A CPU, BatchNorm-folded, gradient-free ``DecodedModel`` copy (FP32, or FP16 trunk): what gets exported."""
+    fused = copy.deepcopy(model).float().cpu().eval().fuse()
+    graph = (HalfDecodedModel(fused) if half else DecodedModel(fused)).eval()
     graph.requires_grad_(False)
     return graph
 
@@ -125,7 +144,7 @@ def export(model: DetectionModel, path: str | Path | None, fmt: str = "onnx", **
 
 
 def onnx_proto(model: DetectionModel, opts: ExportOptions, tmp: str) -> Any:
-    """Trace to ONNX, then apply FP16, simplification and NMS as asked; returns the ModelProto."""
+    """Trace to ONNX (FP16 trunk with ``half``), then simplify and append NMS as asked; returns the ModelProto."""
     import onnx
 
     from . import onnx_graph
@@ -136,18 +155,16 @@ def onnx_proto(model: DetectionModel, opts: ExportOptions, tmp: str) -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            decoded_graph(model), dummy, tmp, dynamo=False, opset_version=ONNX_OPSET, input_names=["images"],
+            decoded_graph(model, opts.half), dummy, tmp, dynamo=False, opset_version=ONNX_OPSET, input_names=["images"],
             output_names=["output"], dynamic_axes=axes, do_constant_folding=True,
         )
     proto = onnx.load(tmp)
-    if opts.half:
-        proto = onnx_graph.to_fp16(proto)
     if opts.simplify:
         simplified = onnx_graph.simplify(proto)
         onnx_graph.check_same_outputs(proto, simplified, opts.imgsz, "--simplify")
         proto = simplified
     if opts.nms:
-        onnx_graph.append_nms(proto, opts.conf, opts.iou, opts.max_det, opts.multi_label)
+        onnx_graph.append_nms(proto, model.nc, opts.conf, opts.iou, opts.max_det, opts.multi_label)
         onnx.checker.check_model(proto)
     return proto
 

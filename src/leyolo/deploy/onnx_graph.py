@@ -1,4 +1,4 @@
-"""ONNX graph edits done after the torch export: simplification, FP16, and end-to-end NMS.
+"""ONNX graph edits done after the torch export: simplification and end-to-end NMS.
 
 The NMS tail follows TensorRT's EfficientNMS output layout, which most deployment code
 already reads:
@@ -24,27 +24,6 @@ from ..errors import LeyoloError
 
 NMS_OUTPUTS = ("num_dets", "det_boxes", "det_scores", "det_classes")
 NMS_LAYOUT = "efficient_nms"
-
-
-def _decode_nodes(proto: Any) -> list[str]:
-    """Nodes of the box/score decoding (everything outside the ``DetectionModel`` scope).
-
-    The torch exporter names nodes by module scope: the network lives under ``/model/``,
-    while ``DecodedModel`` adds the DFL expectation, anchors and box arithmetic outside it.
-    Those stay FP32: FP16 has a 0.5 px step at 640 px and the softmax expectation loses more.
-    """
-    return [n.name for n in proto.graph.node if n.name and not n.name.startswith("/model/")]
-
-
-def to_fp16(proto: Any) -> Any:
-    """FP16 weights and compute for the network; FP32 inputs, outputs and decoding.
-
-    Uses the converter that ships with onnxruntime (``onnxruntime.transformers.float16``), so
-    no extra dependency. Cast nodes are inserted at the FP32/FP16 boundaries.
-    """
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    return convert_float_to_float16(proto, keep_io_types=True, node_block_list=_decode_nodes(proto))
 
 
 def simplify(proto: Any) -> Any:
@@ -111,7 +90,7 @@ class _GraphBuilder:
         return outputs[0] if n_out == 1 else outputs
 
 
-def append_nms(proto: Any, conf: float, iou: float, max_det: int, multi_label: bool) -> Any:
+def append_nms(proto: Any, nc: int, conf: float, iou: float, max_det: int, multi_label: bool) -> Any:
     """Replace the decoded output ``[B, 4 + nc, A]`` by the EfficientNMS-style outputs, in place.
 
     Per-batch selection: NonMaxSuppression returns ``(batch, class, box)`` rows for the whole
@@ -125,8 +104,7 @@ def append_nms(proto: Any, conf: float, iou: float, max_det: int, multi_label: b
         raise LeyoloError("--nms needs the plain decoded export (one output)")
     decoded = graph.output[0].name
     dims = graph.output[0].type.tensor_type.shape.dim
-    batch_dim = dims[0].dim_param or dims[0].dim_value
-    nc = dims[1].dim_value - 4
+    batch_dim = dims[0].dim_param or dims[0].dim_value  # (a dynamic export leaves the channel dim symbolic too)
     b = _GraphBuilder(graph)
     i64, f32 = np.int64, np.float32
     boxes = b.op("Transpose", [b.op("Slice", [decoded, b.const([0], i64), b.const([4], i64), b.const([1], i64)])],

@@ -140,7 +140,8 @@ class Trainer:
                 model.head.reset_class_outputs(self.spec.nc)
             model.meta.names = list(self.spec.names)
         model.meta.imgsz = cfg.imgsz
-        self.model = model.to(self.device).train()
+        # channels-last: depthwise-heavy nets train ~2x faster on CPU (oneDNN) and use tensor cores on GPU
+        self.model = model.to(self.device, memory_format=torch.channels_last).train()
         hyp = AugmentConfig(mosaic=cfg.mosaic, mixup=cfg.mixup, degrees=cfg.degrees, translate=cfg.translate,
                             scale=cfg.scale, shear=cfg.shear, fliplr=cfg.fliplr, hsv_h=cfg.hsv_h, hsv_s=cfg.hsv_s,
                             hsv_v=cfg.hsv_v)
@@ -349,6 +350,7 @@ class Trainer:
     def train_one_iter(self, batch: dict) -> dict[str, torch.Tensor]:
         cfg = self.config
         images = batch["images"].to(self.device, non_blocking=True).float().div_(255)
+        images = images.contiguous(memory_format=torch.channels_last)
         targets = batch["targets"].to(self.device)
         images, targets = self._scaled_batch(images, targets)
         with torch.autocast(self.device.type, enabled=self.scaler.is_enabled()):

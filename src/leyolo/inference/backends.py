@@ -1,49 +1,129 @@
-"""Backends run a letterboxed float batch ``[B, 3, H, W]`` and return decoded ``[B, 4 + nc, A]``.
+"""Backends run a letterboxed float batch ``[B, 3, H, W]`` and return its network output.
 
-Both backends return the same decoded layout, so one numpy postprocess serves them.
+Most return decoded ``[B, 4 + nc, A]`` so one numpy postprocess serves them all. A backend
+whose ``end_to_end`` is true runs an export with NMS inside the graph and returns an
+``NmsBatch`` (EfficientNMS layout, boxes still in letterboxed pixels) instead; ``nms`` then
+holds the thresholds baked into it (or ``None`` when unknown).
 """
 
 from __future__ import annotations
 
 import copy
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 import torch
 
 from ..errors import LeyoloError
 from ..models.detector import DecodedModel, DetectionModel
+from ..ops import Detections
 
-BACKENDS = ("torch", "onnxruntime")
+BACKENDS = ("torch", "onnxruntime", "torchscript", "openvino")
+NMS_OUTPUTS = ("num_dets", "det_boxes", "det_scores", "det_classes")  # same as deploy.onnx_graph
+
+
+@dataclass(frozen=True)
+class NmsBatch:
+    """End-to-end outputs of a batch: ``num_dets [B, 1]``, ``boxes [B, K, 4]``, ``scores``/``classes [B, K]``."""
+
+    num_dets: np.ndarray
+    boxes: np.ndarray
+    scores: np.ndarray
+    classes: np.ndarray
+
+    @classmethod
+    def from_outputs(cls, outputs: dict[str, np.ndarray]) -> "NmsBatch":
+        return cls(*(np.asarray(outputs[name]) for name in NMS_OUTPUTS))
+
+    @classmethod
+    def concat(cls, parts: Sequence["NmsBatch"]) -> "NmsBatch":
+        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("num_dets", "boxes", "scores", "classes")))
+
+    def __len__(self) -> int:
+        return len(self.num_dets)
+
+    def detections(self, i: int) -> Detections:
+        """The real rows of image ``i`` (input pixels, highest score first)."""
+        n = int(np.asarray(self.num_dets[i]).reshape(-1)[0])
+        return Detections(self.boxes[i, :n].astype(np.float32), self.scores[i, :n].astype(np.float32),
+                          self.classes[i, :n].astype(np.int64))
+
+
+Output = np.ndarray | NmsBatch
 
 
 class Backend(Protocol):
     name: str
+    end_to_end: bool  # outputs are already NMS'd (an ``NmsBatch``)
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray: ...
+    def __call__(self, batch: np.ndarray) -> Output: ...
+
+
+def _one_by_one(run: Callable[[np.ndarray], Output], batch: np.ndarray) -> Output:
+    """Run a fixed-batch-1 model image by image and join the outputs."""
+    parts = [run(batch[i : i + 1]) for i in range(batch.shape[0])]
+    return np.concatenate(parts) if isinstance(parts[0], np.ndarray) else NmsBatch.concat(parts)
+
+
+def _torch_device(device: str) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise LeyoloError(f"unknown device {device!r}") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise LeyoloError("device 'cuda' requested but CUDA is not available")
+    return dev
 
 
 class TorchBackend:
     """Eager PyTorch on a BatchNorm-folded copy of the model."""
 
     name = "torch"
+    end_to_end = False
+    nms = None
 
     def __init__(self, model: DetectionModel, device: str = "cpu") -> None:
-        try:
-            self.device = torch.device(device)
-        except RuntimeError as exc:
-            raise LeyoloError(f"unknown device {device!r}") from exc
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise LeyoloError("device 'cuda' requested but CUDA is not available")
-        self.model = DecodedModel(copy.deepcopy(model).eval().fuse()).to(self.device)
+        self.device = _torch_device(device)
+        fused = copy.deepcopy(model).eval().fuse()
+        # channels-last runs the depthwise convolutions far faster on CPU (oneDNN)
+        self.model = DecodedModel(fused).to(self.device, memory_format=torch.channels_last)
         self.model.requires_grad_(False)
 
     @torch.inference_mode()
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(batch).to(self.device)
+        x = torch.from_numpy(batch).to(self.device).contiguous(memory_format=torch.channels_last)
         return self.model(x).float().cpu().numpy()
+
+
+class TorchScriptBackend:
+    """A traced ``DecodedModel`` (an exported ``.torchscript`` or an in-memory trace), on CPU.
+
+    The trace is made on CPU and records its device, so other devices are refused rather than
+    half-working; use the torch backend for CUDA.
+    """
+
+    name = "torchscript"
+    end_to_end = False
+    nms = None
+    fixed_hw = None  # the trace is shape-generic
+
+    def __init__(self, module: torch.jit.ScriptModule, device: str = "cpu") -> None:
+        if _torch_device(device).type != "cpu":
+            raise LeyoloError("the torchscript backend runs on CPU only; use --backend torch for other devices")
+        self.module = module
+
+    @classmethod
+    def from_file(cls, path: str | Path, device: str = "cpu") -> "TorchScriptBackend":
+        from ..deploy.torchscript import load_torchscript
+
+        return cls(load_torchscript(path), device)
+
+    @torch.inference_mode()
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self.module(torch.from_numpy(batch)).float().numpy()
 
 
 def onnxruntime_session(path: str | Path, threads: int | None = None):
@@ -62,20 +142,58 @@ def onnxruntime_session(path: str | Path, threads: int | None = None):
         raise LeyoloError(f"{path}: onnxruntime cannot load this model ({str(exc).splitlines()[0][:200]})") from exc
 
 
+def _fixed(shape: Sequence[Any]) -> tuple[tuple[int, int] | None, int | None]:
+    """(fixed (h, w) or None, fixed batch or None) of an NCHW input shape with ints or symbols."""
+    hw = tuple(shape[2:]) if all(isinstance(s, int) and s > 0 for s in shape[2:]) else None
+    return hw, (shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None)  # type: ignore[return-value]
+
+
 class OnnxRuntimeBackend:
     """ONNX Runtime on an exported file (or on a model exported to a temporary file)."""
 
     name = "onnxruntime"
 
-    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+    def __init__(self, path: str | Path, threads: int | None = None, nms: dict | None = None) -> None:
         self.path = Path(path)
         self.session = onnxruntime_session(self.path, threads)
         self.input_name = self.session.get_inputs()[0].name
-        shape = self.session.get_inputs()[0].shape
-        self.fixed_hw = tuple(shape[2:]) if all(isinstance(s, int) for s in shape[2:]) else None
-        self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
+        self.fixed_hw, self.fixed_batch = _fixed(self.session.get_inputs()[0].shape)
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.end_to_end = tuple(self.output_names) == NMS_OUTPUTS
+        self.nms = nms if self.end_to_end else None
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
+    def __call__(self, batch: np.ndarray) -> Output:
         if self.fixed_batch is not None and batch.shape[0] != self.fixed_batch:
-            return np.concatenate([self(batch[i : i + 1]) for i in range(batch.shape[0])])
-        return self.session.run(None, {self.input_name: batch})[0]
+            return _one_by_one(self, batch)
+        outputs = self.session.run(None, {self.input_name: batch})
+        if self.end_to_end:
+            return NmsBatch.from_outputs(dict(zip(self.output_names, outputs)))
+        return outputs[0]
+
+
+class OpenVinoBackend:
+    """OpenVINO on CPU (latency hint) for an IR ``.xml`` or an ONNX file."""
+
+    name = "openvino"
+
+    def __init__(self, path: str | Path, nms: dict | None = None, half: bool = False, threads: int | None = None) -> None:
+        from ..deploy.openvino import compile_openvino
+
+        self.path = Path(path)
+        self.compiled = compile_openvino(self.path, half=half, threads=threads)
+        shape = self.compiled.input(0).get_partial_shape()
+        self.fixed_hw, self.fixed_batch = _fixed([d.get_length() if d.is_static else None for d in shape])
+        # a port can carry several tensor names (OpenVINO merges Identity nodes away): prefer ours
+        self.output_names = [next((n for n in o.get_names() if n in NMS_OUTPUTS), o.get_any_name())
+                             for o in self.compiled.outputs]
+        self.end_to_end = tuple(self.output_names) == NMS_OUTPUTS
+        self.nms = nms if self.end_to_end else None
+
+    def __call__(self, batch: np.ndarray) -> Output:
+        if self.fixed_batch is not None and batch.shape[0] != self.fixed_batch:
+            return _one_by_one(self, batch)
+        result = self.compiled(batch)
+        outputs = [result[o] for o in self.compiled.outputs]
+        if self.end_to_end:
+            return NmsBatch.from_outputs(dict(zip(self.output_names, outputs)))
+        return outputs[0]

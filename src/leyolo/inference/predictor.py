@@ -1,7 +1,13 @@
-"""The predictor: frames -> letterbox -> batched backend -> shared postprocess -> ``Results``."""
+"""The predictor: frames -> letterbox -> batched backend -> shared postprocess -> ``Results``.
+
+End-to-end backends (an export with NMS in the graph) skip the numpy postprocess; their
+detections are only filtered by ``conf``/``max_det`` (stricter than the baked values is all
+they can do) and un-letterboxed like any other.
+"""
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -13,10 +19,12 @@ import numpy as np
 
 from ..data.images import to_bgr8
 from ..errors import LeyoloError
-from ..ops import LetterboxInfo, letterbox, postprocess, unletterbox_boxes
+from ..ops import Detections, LetterboxInfo, letterbox, postprocess, unletterbox_boxes
 from ..structures import Results
-from .backends import Backend
+from .backends import Backend, Output
 from .sources import Frame
+
+log = logging.getLogger("leyolo")
 
 
 @dataclass(frozen=True)
@@ -60,7 +68,8 @@ class Predictor:
     """Runs a backend over images with the reference letterbox and NMS.
 
     Args:
-        backend: produces decoded ``[B, 4 + nc, A]`` from a float batch.
+        backend: produces decoded ``[B, 4 + nc, A]`` from a float batch (or an ``NmsBatch`` when
+            its ``end_to_end`` is true).
         names: class names.
         config: thresholds, image size, batch size.
     """
@@ -69,6 +78,36 @@ class Predictor:
         self.backend = backend
         self.names = list(names)
         self.config = config.validate()
+        self.end_to_end = bool(getattr(backend, "end_to_end", False))
+        if self.end_to_end:
+            self._warn_baked(getattr(backend, "nms", None))
+
+    def _warn_baked(self, baked: dict | None) -> None:
+        """Say which requested settings an in-graph NMS cannot honour (it can only filter further)."""
+        cfg = self.config
+        if not baked:
+            log.warning("the model has NMS in its graph with unknown settings; conf/max_det only filter its output")
+            return
+        ignored = []
+        if cfg.conf < baked["conf"]:
+            ignored.append(f"conf {cfg.conf} (baked {baked['conf']})")
+        if abs(cfg.iou - baked["iou"]) > 1e-6:
+            ignored.append(f"iou {cfg.iou} (baked {baked['iou']})")
+        if cfg.max_det > baked["max_det"]:
+            ignored.append(f"max_det {cfg.max_det} (baked {baked['max_det']})")
+        if cfg.multi_label != baked["multi_label"]:
+            ignored.append(f"multi_label {cfg.multi_label} (baked {baked['multi_label']})")
+        if ignored:
+            log.warning("the model has NMS in its graph; re-export with --nms to change: %s", ", ".join(ignored))
+
+    def _detections(self, raw: Output, i: int) -> Detections:
+        """Detections of image ``i`` of a backend output, in letterboxed pixels."""
+        cfg = self.config
+        if not self.end_to_end:
+            return postprocess(raw[i], cfg.conf, cfg.iou, cfg.max_det, cfg.multi_label, cfg.max_candidates)
+        det = raw.detections(i)
+        keep = np.flatnonzero(det.scores > cfg.conf)[: cfg.max_det]  # rows come highest score first
+        return Detections(det.boxes[keep], det.scores[keep], det.classes[keep]) if len(keep) < len(det) else det
 
     def prepare(self, image: np.ndarray) -> tuple[np.ndarray, LetterboxInfo]:
         """BGR uint8 image -> network blob ``[1, 3, H, W]`` and the letterbox it used."""
@@ -87,15 +126,14 @@ class Predictor:
         return _Prepared(frame, blob, info, time.perf_counter() - start)
 
     def _run_group(self, group: list[_Prepared]) -> list[Results]:
-        cfg = self.config
         start = time.perf_counter()
         batch = group[0].blob if len(group) == 1 else np.concatenate([p.blob for p in group])
         raw = self.backend(batch)
         infer = time.perf_counter() - start
         out = []
-        for p, pred in zip(group, raw):
+        for i, p in enumerate(group):
             t0 = time.perf_counter()
-            det = postprocess(pred, cfg.conf, cfg.iou, cfg.max_det, cfg.multi_label, cfg.max_candidates)
+            det = self._detections(raw, i)
             boxes = unletterbox_boxes(det.boxes, p.info)
             speed = {"preprocess": p.seconds, "inference": infer / len(group), "postprocess": time.perf_counter() - t0}
             out.append(

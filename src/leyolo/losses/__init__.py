@@ -12,10 +12,10 @@ def build_criterion(model, **options):
 
     ``options`` are the criterion's keyword arguments (gains, focal, class weights).
     """
-    from ..models.heads import DNiNHead
+    from ..models.heads import DenseHead
 
     head = getattr(model, "head", None)
-    if isinstance(head, DNiNHead):
+    if isinstance(head, DenseHead):  # LeYOLO's DNiNHead, the YOLOv8/11/12 DecoupledHead
         return YoloCriterion(head.nc, head.strides, head.bins, **options)
     raise TypeError(f"no criterion known for heads of type {type(head).__name__}")
 

@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .heads import DNiNHead
+from .heads import DenseHead
 
 Source = int | tuple[int, ...]  # -1 = previous layer, else absolute layer index (or a tuple of them)
 
@@ -53,7 +53,7 @@ class DetectionModel(nn.Module):
         meta: names, architecture and preprocessing facts.
     """
 
-    def __init__(self, builder: LayerGraphBuilder, head_sources: Sequence[int], head: DNiNHead, meta: ModelMeta):
+    def __init__(self, builder: LayerGraphBuilder, head_sources: Sequence[int], head: DenseHead, meta: ModelMeta):
         super().__init__()
         self.layers = nn.ModuleList(builder.layers)
         self.sources: list[Source] = list(builder.sources)

@@ -27,11 +27,16 @@ def make_anchors(maps: list[torch.Tensor], strides: tuple[int, ...]) -> tuple[to
     return torch.cat(points), torch.cat(stride_list)
 
 
-class DNiNHead(nn.Module):
-    """LeYOLO's decoupled anchor-free head (pointwise -> 2 depthwise -> pointwise per branch).
+class DenseHead(nn.Module):
+    """Anchor-free DFL head shared by every dense family: one box and one class branch per level.
 
     ``forward`` returns the raw per-level maps ``[B, 4*bins + nc, H, W]`` (box DFL logits
-    first, class logits after); ``decode`` turns them into boxes and scores.
+    first, class logits after); ``decode`` turns them into boxes and scores. Subclasses only
+    choose the branch layers (``box_branch`` / ``cls_branch``); each branch is a
+    ``nn.Sequential`` whose last module is the plain output ``nn.Conv2d`` (with bias), which
+    ``reset_class_outputs`` and ``initialize_biases`` rely on.
+
+    Branch widths follow the YOLOv8 rule: box ``max(16, C3/4, 4*bins)``, class ``max(C3, min(nc, 100))``.
     """
 
     def __init__(self, nc: int, channels: tuple[int, ...], strides: tuple[int, ...] = (8, 16, 32), bins: int = 16):
@@ -41,18 +46,15 @@ class DNiNHead(nn.Module):
         self.strides = tuple(int(s) for s in strides)
         c_box = max(16, channels[0] // 4, 4 * bins)
         c_cls = max(channels[0], min(nc, 100))
-        self.box = nn.ModuleList(self._branch(c, c_box, 4 * bins) for c in channels)
-        self.cls = nn.ModuleList(self._branch(c, c_cls, nc) for c in channels)
+        self.box = nn.ModuleList(self.box_branch(c, c_box, 4 * bins) for c in channels)
+        self.cls = nn.ModuleList(self.cls_branch(c, c_cls, nc) for c in channels)
         self.dfl = DFL(bins)
 
-    @staticmethod
-    def _branch(c_in: int, width: int, c_out: int) -> nn.Sequential:
-        return nn.Sequential(
-            ConvBNAct(c_in, width, 1),
-            ConvBNAct(width, width, 3, groups=width),
-            ConvBNAct(width, width, 3, groups=width),
-            nn.Conv2d(width, c_out, 1),
-        )
+    def box_branch(self, c_in: int, width: int, c_out: int) -> nn.Sequential:
+        raise NotImplementedError
+
+    def cls_branch(self, c_in: int, width: int, c_out: int) -> nn.Sequential:
+        raise NotImplementedError
 
     @property
     def outputs_per_anchor(self) -> int:
@@ -92,3 +94,41 @@ class DNiNHead(nn.Module):
             for box, cls, stride in zip(self.box, self.cls, self.strides):
                 box[-1].bias.fill_(1.0)
                 cls[-1].bias.fill_(math.log(5 / self.nc / (image_size / stride) ** 2))
+
+
+class DNiNHead(DenseHead):
+    """LeYOLO's head: both branches pointwise -> 2 depthwise -> pointwise (keys ``box``/``cls``/``dfl``)."""
+
+    @staticmethod
+    def _branch(c_in: int, width: int, c_out: int) -> nn.Sequential:
+        return nn.Sequential(
+            ConvBNAct(c_in, width, 1),
+            ConvBNAct(width, width, 3, groups=width),
+            ConvBNAct(width, width, 3, groups=width),
+            nn.Conv2d(width, c_out, 1),
+        )
+
+    def box_branch(self, c_in: int, width: int, c_out: int) -> nn.Sequential:
+        return self._branch(c_in, width, c_out)
+
+    def cls_branch(self, c_in: int, width: int, c_out: int) -> nn.Sequential:
+        return self._branch(c_in, width, c_out)
+
+
+class DecoupledHead(DenseHead):
+    """The YOLOv8/11/12 ``Detect`` head (the v11+ depthwise class branch).
+
+    Box: ``Conv3x3(C, w) -> Conv3x3(w, w) -> Conv2d(w, 4*bins, 1)``. Class:
+    ``[DW3x3(C), Conv1x1(C, w)] -> [DW3x3(w), Conv1x1(w, w)] -> Conv2d(w, nc, 1)``. The nesting
+    mirrors ultralytics' ``cv2``/``cv3`` one to one (``cv2.i.j`` = ``box.i.j``, ``cv3.i.j.k`` =
+    ``cls.i.j.k``), so their checkpoints map by renaming only.
+    """
+
+    def box_branch(self, c_in: int, width: int, c_out: int) -> nn.Sequential:
+        return nn.Sequential(ConvBNAct(c_in, width, 3), ConvBNAct(width, width, 3), nn.Conv2d(width, c_out, 1))
+
+    def cls_branch(self, c_in: int, width: int, c_out: int) -> nn.Sequential:
+        def dw_pw(c: int, c2: int) -> nn.Sequential:
+            return nn.Sequential(ConvBNAct(c, c, 3, groups=c), ConvBNAct(c, c2, 1))
+
+        return nn.Sequential(dw_pw(c_in, width), dw_pw(width, width), nn.Conv2d(width, c_out, 1))

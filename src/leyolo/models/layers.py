@@ -111,3 +111,70 @@ class DFL(nn.Module):
         b, _, a = x.shape  # [B, 4*bins, A]
         probs = x.view(b, 4, self.bins, a).transpose(2, 1).softmax(1)  # [B, bins, 4, A]
         return self.conv(probs).view(b, 4, a)  # [B, 4, A] distances in stride units
+
+
+class Bottleneck(nn.Module):
+    """Two kxk ConvBNAct with hidden width ``int(c_out * e)``; adds the input when ``shortcut`` and shapes allow.
+
+    Ultralytics names: ``cv1`` = ``conv1``, ``cv2`` = ``conv2``.
+    """
+
+    ULTRALYTICS_NAMES = {"cv1": "conv1", "cv2": "conv2"}
+
+    def __init__(self, c_in: int, c_out: int, shortcut: bool = True, kernel: int = 3, e: float = 0.5) -> None:
+        super().__init__()
+        hidden = int(c_out * e)
+        self.conv1 = ConvBNAct(c_in, hidden, kernel)
+        self.conv2 = ConvBNAct(hidden, c_out, kernel)
+        self.add = shortcut and c_in == c_out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv2(self.conv1(x))
+        return x + y if self.add else y
+
+
+class C3k(nn.Module):
+    """CSP block with three convs: ``fuse(cat[blocks(main(x)), skip(x)])``, ``n`` full-width 3x3 bottlenecks.
+
+    Ultralytics names (``C3k``): ``cv1`` = ``main``, ``cv2`` = ``skip``, ``cv3`` = ``fuse``, ``m`` = ``blocks``.
+    """
+
+    ULTRALYTICS_NAMES = {"cv1": "main", "cv2": "skip", "cv3": "fuse", "m": "blocks"}
+
+    def __init__(self, c_in: int, c_out: int, n: int = 2, shortcut: bool = True, e: float = 0.5, kernel: int = 3) -> None:
+        super().__init__()
+        hidden = int(c_out * e)
+        self.main = ConvBNAct(c_in, hidden, 1)
+        self.skip = ConvBNAct(c_in, hidden, 1)
+        self.fuse = ConvBNAct(2 * hidden, c_out, 1)
+        self.blocks = nn.Sequential(*(Bottleneck(hidden, hidden, shortcut, kernel, e=1.0) for _ in range(n)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fuse(torch.cat((self.blocks(self.main(x)), self.skip(x)), 1))
+
+
+class C3k2(nn.Module):
+    """C2f-style split block (YOLO11/12): split a 1x1 conv into two halves, chain ``n`` blocks on the
+    second half, concatenate every intermediate and fuse with a 1x1 conv.
+
+    Blocks are ``C3k(c, c, 2)`` with ``c3k=True``, else ``Bottleneck(c, c, e=0.5)``, where
+    ``c = int(c_out * e)``. Ultralytics names: ``cv1`` = ``split``, ``cv2`` = ``fuse``, ``m`` = ``blocks``.
+    """
+
+    ULTRALYTICS_NAMES = {"cv1": "split", "cv2": "fuse", "m": "blocks"}
+
+    def __init__(self, c_in: int, c_out: int, n: int = 1, c3k: bool = False, e: float = 0.5,
+                 shortcut: bool = True) -> None:
+        super().__init__()
+        c = int(c_out * e)
+        self.split = ConvBNAct(c_in, 2 * c, 1)
+        self.fuse = ConvBNAct((2 + n) * c, c_out, 1)
+        self.blocks = nn.ModuleList(
+            C3k(c, c, 2, shortcut) if c3k else Bottleneck(c, c, shortcut, e=0.5) for _ in range(n)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = list(self.split(x).chunk(2, 1))
+        for block in self.blocks:
+            y.append(block(y[-1]))
+        return self.fuse(torch.cat(y, 1))

@@ -1,0 +1,74 @@
+"""TorchScript export: a ``torch.jit.trace`` of the fused ``DecodedModel`` plus ``leyolo.json``.
+
+The trace records shape arithmetic (``aten::size``, ``arange``), so one trace serves every
+batch size and every multiple-of-32 input size: TorchScript exports are always dynamic.
+The metadata travels inside the archive as an extra file, readable with ``zipfile`` alone.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import LeyoloError
+from ..fileio import atomic_write
+from ..models.detector import DetectionModel
+
+EXTRA_FILE = "leyolo.json"
+
+
+def trace_decoded(model: DetectionModel, imgsz: int) -> torch.jit.ScriptModule:
+    """Trace the CPU fp32 fused ``DecodedModel`` of ``model`` at ``imgsz``."""
+    from .export import decoded_graph
+
+    graph = decoded_graph(model)
+    with warnings.catch_warnings():  # torch 2.13 marks jit.trace deprecated; it is still the portable archive
+        warnings.simplefilter("ignore")
+        with torch.no_grad():
+            traced = torch.jit.trace(graph, torch.zeros(1, 3, imgsz, imgsz), check_trace=False)
+    return traced
+
+
+def export_torchscript(model: DetectionModel, path: str | Path, opts: Any, meta: dict[str, Any]) -> Path:
+    """Write ``model`` as a TorchScript archive with ``meta`` in ``leyolo.json``, atomically."""
+    traced = trace_decoded(model, opts.imgsz)
+    extra = {EXTRA_FILE: json.dumps(meta | {"dynamic": True})}
+
+    def write(tmp: str) -> None:
+        torch.jit.save(traced, tmp, _extra_files=extra)
+
+    return atomic_write(path, write)
+
+
+def read_torchscript_metadata(path: str | Path) -> dict[str, Any]:
+    """The ``leyolo.json`` of an archive, read with ``zipfile``: nothing of the archive runs."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            member = next((n for n in archive.namelist() if n.endswith(f"/extra/{EXTRA_FILE}")), None)
+            if member is None:
+                raise LeyoloError(f"{path}: TorchScript archive without leyolo metadata (not a leyolo export)")
+            return json.loads(archive.read(member))
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise LeyoloError(f"{path}: not a TorchScript archive ({type(exc).__name__})") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise LeyoloError(f"{path}: corrupt leyolo metadata in TorchScript archive") from exc
+
+
+def load_torchscript(path: str | Path) -> torch.jit.ScriptModule:
+    """Load an exported archive on CPU.
+
+    Trust: ``torch.jit.load`` does not run a general pickle (tensors and constants go through
+    TorchScript's restricted unpickler, no arbitrary Python imports), but the archive's code is
+    TorchScript that runs with every operator torch registers. It is not a sandbox: load only
+    exports you made or trust, as you would an executable.
+    """
+    try:
+        module = torch.jit.load(str(path), map_location="cpu")
+    except Exception as exc:  # RuntimeError with a C++ backtrace; keep one line
+        raise LeyoloError(f"{path}: torch cannot load this TorchScript archive ({str(exc).splitlines()[0][:200]})") from exc
+    return module.eval()

@@ -1,0 +1,128 @@
+"""``leyolo bench``: rows, counts, report files, mAP with data, INT8 fallbacks and input errors.
+
+Tiny sizes (64/96 px) and 3 timed runs keep it to a few seconds per combination; the timing
+processes run with one thread so the shared machine does not skew them.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+import pytest
+
+from leyolo import bench, cli
+from leyolo.api import Detector
+from leyolo.bench import COLUMNS, Unavailable, quantize_int8, run_benchmark
+from leyolo.data.synthetic import NAMES, generate_shapes_dataset
+from leyolo.errors import LeyoloError
+from leyolo.flops import count_gflops
+from leyolo.registry import create_model
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory) -> Path:
+    return generate_shapes_dataset(tmp_path_factory.mktemp("shapes"), n_train=8, n_val=4, imgsz=64, progress=False)
+
+
+@pytest.fixture
+def plugin_cli(monkeypatch):
+    """The CLI with this module registered, as the lead will register it."""
+    monkeypatch.setattr(cli, "PLUGIN_MODULES", ("leyolo.bench", "leyolo.engine.ablate"))
+    return cli.main
+
+
+def test_rows_counts_and_report_files(tmp_path):
+    rows = run_benchmark(["leyolo-n"], ["torch", "onnxruntime"], [64, 96], runs=3, warmup=1, threads=1, out=tmp_path)
+    assert [(r["backend"], r["imgsz"]) for r in rows] == [("torch", 64), ("torch", 96), ("onnxruntime", 64),
+                                                          ("onnxruntime", 96)]
+    model = create_model("leyolo-n")
+    for r in rows:
+        assert list(r) == list(COLUMNS)
+        assert r["model"] == "leyolo-n" and r["batch"] == 1 and r["note"] == ""
+        assert r["params"] == 1_120_480
+        assert r["gflops"] == pytest.approx(count_gflops(model, r["imgsz"]), rel=1e-12)
+        assert 0 < r["latency_ms"] <= r["p95_ms"] <= r["p99_ms"]
+        assert r["throughput_ips"] == pytest.approx(1e3 / r["latency_ms"])
+        assert r["file_mb"] > 1.0  # 1.1 M fp32 parameters
+        assert r["mem_mb"] is not None and r["mem_mb"] >= 0
+        if Path("/proc/self/clear_refs").exists():
+            assert r["mem_mb"] > 1.0  # loading 4.5 MB of weights at least
+        assert r["mAP50-95"] is None and r["e2e_ms"] is None
+    sizes = {r["backend"]: r["file_mb"] for r in rows}
+    assert sizes["torch"] != sizes["onnxruntime"]  # each backend's own artefact was measured
+    assert rows[1]["gflops"] > rows[0]["gflops"]
+    with open(tmp_path / "bench.csv", newline="") as fh:
+        table = list(csv.DictReader(fh))
+    assert len(table) == 4 and list(table[0]) == list(COLUMNS)
+    assert float(table[2]["latency_ms"]) == pytest.approx(rows[2]["latency_ms"])
+    markdown = (tmp_path / "bench.md").read_text()
+    assert "| leyolo-n | onnxruntime | 96 | 1 | 1,120,480 |" in markdown and "machine:" in markdown
+    assert (tmp_path / "latency_vs_gflops.png").read_bytes()[:8] == PNG
+    assert not (tmp_path / "map_vs_gflops.png").exists()  # no mAP without --data
+
+
+def test_data_adds_map_end_to_end_and_plots(tmp_path, shapes):
+    weights = Detector(create_model("leyolo-n", nc=3, names=NAMES)).save(tmp_path / "shapes-n.safetensors")
+    rows = run_benchmark([str(weights), "leyolo-n"], ["torch", "onnxruntime", "onnxruntime-int8"], [64],
+                         runs=2, warmup=1, data=shapes, compare=True, isolate=False, out=tmp_path / "out")
+    assert len(rows) == 6
+    for r in rows:
+        assert r["params"] < 1_120_480  # 3 classes, not 80: registered names are built for the data
+        if r["backend"] == "onnxruntime-int8" and r["latency_ms"] is None:
+            assert "unavailable" in r["note"] or "failed" in r["note"], r["note"]
+            continue
+        assert 0.0 <= r["mAP50-95"] <= r["mAP50"] <= 1.0
+        assert r["e2e_ms"] > 0 and r["latency_ms"] > 0
+        assert r["mem_mb"] is None  # in-process timing reports no memory figure
+    assert rows[0]["model"] == "shapes-n" and rows[0]["note"] == ""
+    assert rows[3]["model"] == "leyolo-n" and "untrained" in rows[3]["note"]
+    for name in ("map_vs_latency.png", "map_vs_gflops.png"):
+        assert (tmp_path / "out" / name).read_bytes()[:8] == PNG
+
+
+def test_int8_without_data_or_quantize_module(monkeypatch, tmp_path):
+    with pytest.raises(Unavailable, match="needs --data"):
+        quantize_int8(tmp_path / "m.onnx", tmp_path / "q.onnx", None, 64)
+    monkeypatch.setitem(sys.modules, "leyolo.deploy.quantize", None)  # import fails as if not written yet
+    with pytest.raises(Unavailable, match="unavailable"):
+        quantize_int8(tmp_path / "m.onnx", tmp_path / "q.onnx", [tmp_path / "a.jpg"], 64)
+    rows = run_benchmark(["leyolo-n"], ["onnxruntime-int8"], [64], runs=1, warmup=0, isolate=False)
+    assert rows[0]["latency_ms"] is None and rows[0]["note"].startswith("skipped")
+
+
+def test_merge_keeps_fastest_pass_and_largest_memory():
+    row = {**dict.fromkeys(COLUMNS), "batch": 2, "note": ""}
+    bench._merge(row, {"times": [0.010, 0.012, 0.011], "mem_mb": 30.0})
+    bench._merge(row, {"times": [0.020, 0.021, 0.022], "mem_mb": 40.0})
+    assert row["latency_ms"] == pytest.approx(11.0) and row["throughput_ips"] == pytest.approx(2 / 0.011)
+    assert row["mem_mb"] == 40.0
+    bench._merge(row, {"error": "boom"})
+    assert row["note"] == ""  # a failed later pass does not hide a measured one
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--models", "leyolo-x"], "unknown model 'leyolo-x'"),
+    (["--models", "leyolo-n", "--backends", "tensorrt"], "unknown backend 'tensorrt'"),
+    (["--models", "leyolo-n", "--imgsz", "100"], "multiples of 32"),
+    (["--models", "leyolo-n", "--imgsz", "64,abc"], "comma-separated integers"),
+    (["--models", "leyolo-n", "--batch", "0"], "--batch"),
+    (["--models", "leyolo-n", "--compare"], "--compare needs"),
+])
+def test_bad_input_is_one_line_exit_1(plugin_cli, capsys, tmp_path, argv, message):
+    assert plugin_cli(["bench", *argv, "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_cli_prints_table(plugin_cli, capsys, tmp_path):
+    argv = ["bench", "-q", "--models", "leyolo-n", "--backends", "torch", "--imgsz", "64", "--batch", "1,2",
+            "--runs", "2", "--warmup", "1", "--no-isolate", "--out", str(tmp_path)]
+    assert plugin_cli(argv) == 0
+    out = capsys.readouterr().out
+    assert "| leyolo-n | torch | 64 | 2 |" in out and "mAP50" not in out  # empty columns left out
+    assert (tmp_path / "bench.md").exists()
