@@ -161,6 +161,15 @@ class Detector:
         files = resolve_source(source)
         return self.predictor(backend, device, **config).stream(iter_frames(files))
 
+    def train(self, data: str | Path, **overrides: Any) -> dict[str, Any]:
+        """Fine-tune this model on ``data`` (``TrainConfig`` fields as keywords); returns paths and metrics.
+
+        This detector is left unchanged; load the returned ``best`` weights to use the result.
+        """
+        from .engine.trainer import train
+
+        return train(self._require_model("train"), data, **overrides)
+
     def val(self, data: str | Path, **kwargs: Any) -> dict[str, Any]:
         """COCO metrics on a dataset's val split; see ``leyolo.engine.validate.validate``."""
         from .engine.validate import validate

@@ -2,23 +2,20 @@
 
 Why it is built this way:
 
-* Every combination is timed in a fresh Python process (``python -m leyolo.bench --worker``):
-  allocator state, thread pools and caches of one combination cannot leak into the next, and
-  the kernel's peak resident set of that process means something. ``mem_mb`` is that peak minus
-  the resident set right after importing torch/onnxruntime (Linux: the peak mark is reset there
-  via /proc/self/clear_refs): what loading the artefact, building the backend, the input and the
-  timed loop added, native buffers (oneDNN, MLAS) included, which ``tracemalloc`` cannot see.
-  It is empty in-process (``isolate=False``) and without /proc: ``ru_maxrss`` cannot be reset,
-  so it would mostly measure the imports.
+* Each combination is timed in a fresh process (``python -m leyolo.bench --worker``), so no
+  allocator state, thread pool or cache leaks between combinations, and its peak resident set
+  means something: ``mem_mb`` is the peak minus the RSS right after importing torch/onnxruntime
+  (where the kernel's peak mark is reset via /proc/self/clear_refs), i.e. what loading the
+  artefact, building the backend and the timed loop added, native buffers (oneDNN, MLAS)
+  included, which ``tracemalloc`` cannot see. Empty in-process (``isolate=False``) and off
+  Linux: ``ru_maxrss`` cannot be reset, so it would mostly measure the imports.
 * Machines like this drift in speed by +-30%: ``passes`` > 1 runs all combinations round-robin
   that many times and keeps each one's fastest pass (lowest median), as benchmarks/ does.
-* What is timed is what is sized, written once per model: the safetensors weights for
-  ``torch``, a dynamic-shape ONNX export for ``onnxruntime`` and its static QDQ INT8
-  quantization (``leyolo.deploy.quantize``, calibrated on the data's train split) for
-  ``onnxruntime-int8``. mAP (with ``data``) is scored on that same artefact, once per
-  (model, backend, size): accuracy does not depend on the batch.
-* A combination that fails or cannot run is a row with a ``note``, never a lost run; bad
-  arguments fail fast with one ``LeyoloError`` line before any work.
+* What is timed is what is sized and scored: the safetensors weights (``torch``), a dynamic
+  ONNX export (``onnxruntime``), its static QDQ INT8 quantization by ``leyolo.deploy.quantize``
+  calibrated on the data's train split (``onnxruntime-int8``). mAP is scored once per (model,
+  backend, size). A combination that cannot run is a row with a ``note``, never a lost run;
+  bad arguments fail fast with one ``LeyoloError`` line.
 """
 
 from __future__ import annotations
@@ -39,7 +36,8 @@ from typing import Any, Callable, Sequence
 from .errors import LeyoloError
 from .fileio import atomic_write
 
-BACKEND_NAMES = ("torch", "onnxruntime", "onnxruntime-int8")
+ENGINES = {"torch": "torch", "onnxruntime": "onnxruntime", "onnxruntime-int8": "onnxruntime"}  # name -> runtime
+BACKEND_NAMES = tuple(ENGINES)
 MODEL_SUFFIXES = (".pt", ".pth", ".safetensors", ".onnx")
 COLUMNS = ("model", "backend", "imgsz", "batch", "params", "gflops", "file_mb", "latency_ms", "p95_ms", "p99_ms",
            "throughput_ips", "mem_mb", "mAP50-95", "mAP50", "e2e_ms", "note")
@@ -209,7 +207,7 @@ def _end_to_end_ms(detector: Any, backend: str, imgsz: int, batch: int, files: l
     """ms per image of the whole ``predict`` path (decode, letterbox, network, NMS), best of ``passes``."""
     from .inference.sources import iter_frames
 
-    predictor = detector.predictor(_engine(backend), imgsz=imgsz, batch=batch)
+    predictor = detector.predictor(ENGINES[backend], imgsz=imgsz, batch=batch)
     for _ in predictor.stream(iter_frames(files[:2])):  # warm-up
         pass
     best = float("inf")
@@ -233,9 +231,8 @@ def _check_inputs(models: Sequence[str], backends: Sequence[str], sizes: Sequenc
         if spec not in known and not (path.is_file() and path.suffix.lower() in MODEL_SUFFIXES):
             raise LeyoloError(f"unknown model {spec!r}: not a registered name ({', '.join(known)}) "
                               f"nor an existing {'/'.join(MODEL_SUFFIXES)} file")
-    bad = [b for b in backends if b not in BACKEND_NAMES]
-    if bad or not backends:
-        raise LeyoloError(f"unknown backend {bad[0] if bad else ''!r}; choose from {', '.join(BACKEND_NAMES)}")
+    for b in [b for b in backends if b not in ENGINES] or ([] if backends else [""]):
+        raise LeyoloError(f"unknown backend {b!r}; choose from {', '.join(BACKEND_NAMES)}")
     if not sizes or any(not isinstance(s, int) or s <= 0 or s % 32 for s in sizes):
         raise LeyoloError(f"--imgsz must be positive multiples of 32, got {list(sizes)}")
     if not batches or any(not isinstance(b, int) or b < 1 for b in batches):
@@ -296,7 +293,7 @@ def run_benchmark(models: Sequence[str], backends: Sequence[str] = ("torch", "on
             for i in todo:
                 m, b, s, n = combos[i]
                 bar.set_postfix_str(f"{m.label} {b} {s}px b{n}")
-                spec = {"backend": _engine(b), "path": str(m.artefacts[b]),
+                spec = {"backend": ENGINES[b], "path": str(m.artefacts[b]),
                         "imgsz": s, "batch": n, "runs": runs, "warmup": warmup, "threads": threads}
                 result = _measure_isolated(spec) if isolate else {**measure(spec), "mem_mb": None}
                 _merge(rows[i], result)
@@ -308,7 +305,7 @@ def run_benchmark(models: Sequence[str], backends: Sequence[str] = ("torch", "on
                 if (m.label, b, s) not in scores:
                     bar.set_postfix_str(f"val {m.label} {b} {s}px")
                     scores[m.label, b, s] = _attempt(rows[i], "val", lambda: m.detector_for(b).val(
-                        data, imgsz=s, backend=_engine(b)))
+                        data, imgsz=s, backend=ENGINES[b]))
                     bar.update(1)
                 metrics = scores[m.label, b, s] or {}
                 rows[i]["mAP50-95"], rows[i]["mAP50"] = metrics.get("mAP50-95"), metrics.get("mAP50")
@@ -321,10 +318,6 @@ def run_benchmark(models: Sequence[str], backends: Sequence[str] = ("torch", "on
     if out is not None:
         write_reports(rows, Path(out), data=str(data) if data else None, threads=threads)
     return rows
-
-
-def _engine(backend: str) -> str:
-    return "torch" if backend == "torch" else "onnxruntime"
 
 
 def _add_note(row: dict[str, Any], text: str) -> None:
@@ -360,12 +353,11 @@ def machine_summary(threads: int | None = None) -> str:
     import onnxruntime
     import torch
 
-    cpu = platform.processor() or platform.machine()
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
+        cpu = next(x.split(":", 1)[1].strip() for x in Path("/proc/cpuinfo").read_text().splitlines()
+                   if x.startswith("model name"))
     except (OSError, StopIteration):
-        pass
+        cpu = platform.processor() or platform.machine()
     return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, "
             f"threads {threads or 'default'}, Python {platform.python_version()}")
 

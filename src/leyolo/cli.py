@@ -128,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     # value holds); a fresh run falls back to TrainConfig's defaults (2 workers, cpu).
     p.add_argument("--workers", type=int, default=argparse.SUPPRESS, help="data-loading processes (default: 2)")
     p.add_argument("--device", default=argparse.SUPPRESS,
-                   help="cpu, cuda, cuda:0 (several GPUs: use torchrun) (default: cpu)")
+                   help="cpu, cuda, cuda:0, or cuda:0,1 for DDP on several GPUs (launched via torchrun) "
+                        "(default: cpu)")
     p.add_argument("--resume", nargs="?", const="", default=None, metavar="CKPT",
                    help="continue an interrupted run: its last.safetensors or run folder (default: the latest run)")
     p.add_argument("--project", default="runs/train", help="parent folder of runs")
@@ -194,13 +195,19 @@ def _version() -> str:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from .api import load
-    from .summary import layer_table
+    from .summary import extra_gflops, layer_table
 
     detector = load(args.model)
     info = detector.info(args.imgsz)
+    if detector.model is not None:  # attention models: the fused (as published) and with-attention counts
+        info.update(extra_gflops(detector.model, info["imgsz"]))
     if not args.json:
         print(layer_table(detector.model, info["imgsz"]))
-        print(f"{info['model']}: {info['params']:,} parameters, {info['gflops']:.3f} GFLOPs at {info['imgsz']}")
+        print(f"{info['model']}: {info['params']:,} parameters, {info['gflops']:.3f} GFLOPs at {info['imgsz']}"
+              + (" (conv + BN, BN unfused)" if "gflops_fused" in info else ""))
+        if "gflops_fused" in info:
+            print(f"  {info['gflops_fused']:.3f} GFLOPs after Conv+BN fusion (as published), "
+                  f"{info['gflops_with_attention']:.3f} GFLOPs with the attention matrix products")
     else:
         print(json.dumps(info))
     return 0
@@ -283,9 +290,31 @@ TRAIN_FIELDS = ("epochs", "time", "imgsz", "batch", "nbs", "workers", "device", 
                 "focal_gamma", "class_weights", "weighted_sampler", "teacher", "distill_ratio", "sync_bn", "seed")
 
 
+def _launch_distributed(args: argparse.Namespace) -> int:
+    """``--device cuda:0,1``: re-run this command under torchrun, one process per listed GPU."""
+    import subprocess
+
+    ids = args.device.split(":", 1)[-1]
+    count = len([i for i in ids.split(",") if i.strip()])
+    argv = list(args.argv)
+    for i, token in enumerate(argv):
+        if token == "--device" and i + 1 < len(argv):
+            argv[i + 1] = "cuda"
+        elif token.startswith("--device="):
+            argv[i] = "--device=cuda"
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ids}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(count), "-m", "leyolo", *argv]
+    print(f"launching {count} processes: CUDA_VISIBLE_DEVICES={ids} {' '.join(command[1:])}", file=sys.stderr)
+    return subprocess.call(command, env=env)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .engine.trainer import train
 
+    device = getattr(args, "device", None) or ""
+    if "," in device and int(os.environ.get("WORLD_SIZE", 1)) == 1:
+        return _launch_distributed(args)
+    rank = int(os.environ.get("RANK", 0))
     logging.getLogger("leyolo").setLevel(logging.WARNING if args.quiet else logging.INFO)
     options = {k: getattr(args, k) for k in TRAIN_FIELDS if getattr(args, k, None) is not None}
     options["val"] = not args.no_val
@@ -298,6 +327,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise LeyoloError("--data is required (a data.yaml); try 'leyolo demo' for a self-contained example")
         result = train(args.model, str(args.data), **options)
     metrics = result["metrics"]
+    if rank != 0:
+        return 0  # rank 0 reports for everyone
     print(f"trained {result['epochs']} epochs in {result['seconds'] / 60:.1f} min; "
           + (f"val mAP50 {metrics['mAP50']:.4f}, mAP50-95 {metrics['mAP50-95']:.4f}; " if "mAP50" in metrics else "")
           + f"best weights {result['best']}")
@@ -338,10 +369,12 @@ COMMANDS = {"train": cmd_train, "synth": cmd_synth, "demo": cmd_demo, "info": cm
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse already printed usage or help
         return int(exc.code or 0)
+    args.argv = argv
     if args.command is None:
         parser.print_help()
         return 2

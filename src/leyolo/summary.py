@@ -33,3 +33,18 @@ def layer_table(model: DetectionModel, imgsz: int) -> str:
     rows.append(f"{len(model.layers):>3}  {str(list(model.head_sources)):<10} {type(model.head).__name__:<20} "
                 f"{_params(model.head):>10,}  {model.nc} classes, strides {list(model.strides)}")
     return "\n".join(rows)
+
+
+def extra_gflops(model: nn.Module, imgsz: int) -> dict[str, float]:
+    """The other published GFLOP conventions, for models with attention (``{}`` otherwise).
+
+    ``gflops`` (``leyolo info``) is rule A: conv + BatchNorm, BN unfused, as thop counts modules.
+    Attention models add ``gflops_fused`` (rule F: after Conv+BN fusion, the YOLOv12 paper's
+    figures) and ``gflops_with_attention`` (rule T: A plus the attention matrix products).
+    """
+    from .flops import count_gflops, has_attention
+
+    if not has_attention(model):
+        return {}
+    return {"gflops_fused": round(count_gflops(model, imgsz, fused=True), 4),
+            "gflops_with_attention": round(count_gflops(model, imgsz, attention=True), 4)}

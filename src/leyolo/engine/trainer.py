@@ -7,6 +7,7 @@ Distributed training uses PyTorch DDP when started by ``torchrun`` (``WORLD_SIZE
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -14,7 +15,7 @@ import random
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
@@ -28,6 +29,9 @@ from .config import TrainConfig
 from .ema import ModelEMA, unwrap
 from .optim import build_optimizer, lr_lambda, warmup_value
 from .plots import append_results, plot_results
+
+if TYPE_CHECKING:
+    from ..models.detector import DetectionModel
 
 log = logging.getLogger("leyolo")
 
@@ -56,8 +60,10 @@ def next_run_dir(project: Path, name: str, exist_ok: bool) -> Path:
 class Trainer:
     """Train a detector on a data.yaml dataset; see ``TrainConfig`` for the knobs."""
 
-    def __init__(self, config: TrainConfig, callbacks: dict[str, list[Callback]] | None = None) -> None:
+    def __init__(self, config: TrainConfig, callbacks: dict[str, list[Callback]] | None = None,
+                 model: "DetectionModel | None" = None) -> None:
         self.requested = config
+        self.initial_model = model  # an in-memory model to fine-tune (Detector.train); else built from config.model
         self.callbacks = callbacks or {}
         self.rank = int(os.environ.get("RANK", 0))
         self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
@@ -122,11 +128,13 @@ class Trainer:
         from ..registry import create_model, list_models
 
         spec = load_data_yaml(cfg.data)
-        pretrained = Path(str(cfg.model)).exists()
-        self.config = cfg = cfg.resolved(pretrained)
+        scratch = self.initial_model is None and str(cfg.model) in list_models()
+        self.config = cfg = cfg.resolved(pretrained=not scratch)
         self.device = self._setup_device()
         self._seed(cfg.seed + self.rank)  # before the model is built: its initial weights follow --seed
-        if str(cfg.model) in list_models():  # from scratch: build for the dataset's classes directly
+        if self.initial_model is not None:
+            detector = Detector(copy.deepcopy(self.initial_model))
+        elif scratch:  # from scratch: build for the dataset's classes directly
             detector = Detector(create_model(str(cfg.model), nc=spec.nc, names=list(spec.names)))
         else:
             detector = load(cfg.model)
@@ -420,9 +428,17 @@ def _plain(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) and k != "text"}
 
 
-def train(model: str = "leyolo-n", data: str = "", resume: str | Path | None = None,
+def train(model: "str | Path | DetectionModel" = "leyolo-n", data: str | Path = "", resume: str | Path | None = None,
           callbacks: dict[str, list[Callback]] | None = None, **overrides: Any) -> dict[str, Any]:
-    """Train (or resume) and return paths and final metrics; keyword arguments are ``TrainConfig`` fields."""
+    """Train (or resume) and return paths and final metrics.
+
+    Args:
+        model: a registered name (from scratch), a weights file (fine-tune) or a ``DetectionModel``.
+        data: the dataset's data.yaml.
+        resume: a run folder or its ``last.safetensors`` to continue.
+        callbacks: hook name -> callables taking the trainer.
+        **overrides: ``TrainConfig`` fields (``epochs``, ``imgsz``, ``batch``, ``time``, ...).
+    """
     if resume is not None:
         path = Path(resume)
         if path.is_dir():
@@ -435,5 +451,8 @@ def train(model: str = "leyolo-n", data: str = "", resume: str | Path | None = N
         trainer._resume = True
         trainer.save_dir = Path(meta["train"].get("save_dir") or path.parent.parent)
         return trainer.train()
+    if isinstance(model, nn.Module):
+        config = TrainConfig(model=model.meta.arch, data=str(data), **overrides)
+        return Trainer(config, callbacks, model=model).train()
     config = TrainConfig(model=str(model), data=str(data), **overrides)
     return Trainer(config, callbacks).train()
