@@ -5,6 +5,7 @@ Each run takes a second or two on one CPU thread; the DDP test starts two torchr
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -405,3 +406,41 @@ def test_config_recipes():
         TrainConfig(multi_scale=1.5).resolved(False)
     cfg = TrainConfig(epochs=7, name="z")
     assert TrainConfig.from_dict({**cfg.to_dict(), "unknown": 1}) == cfg
+
+
+def test_detector_train_fine_tunes_in_memory_model(data, tmp_path):
+    import leyolo
+
+    detector = leyolo.api.Detector(leyolo.create_model("leyolo-n", nc=2, names=["box", "disc"]))
+    before = detector.model.layers[0].conv.weight.detach().clone()
+    result = detector.train(data, epochs=1, imgsz=64, batch=4, workers=0, project=str(tmp_path), name="mem")
+    assert Path(result["best"]).is_file()
+    assert torch.equal(detector.model.layers[0].conv.weight, before)  # the caller's model is not touched
+    trained = leyolo.load(result["best"])
+    assert trained.names == ["box", "disc"]
+    assert not torch.equal(trained.model.layers[0].conv.weight, before)
+    # an in-memory model counts as pretrained: the fine-tune recipe applies
+    meta_config = json.loads(safe_open_metadata(Path(result["last"]))["leyolo"])["train"]["config"]
+    assert meta_config["recipe"] == "finetune"
+
+
+def safe_open_metadata(path: Path) -> dict:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        return fh.metadata()
+
+
+def test_multi_gpu_device_launches_torchrun(monkeypatch, capsys):
+    import subprocess
+
+    from leyolo.cli import main
+
+    calls = []
+    monkeypatch.setattr(subprocess, "call", lambda cmd, env: calls.append((cmd, env)) or 0)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert main(["train", "--data", "d.yaml", "--device", "cuda:0,1", "--epochs", "3"]) == 0
+    (cmd, env), = calls
+    assert cmd[1:5] == ["-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    assert cmd[cmd.index("--device") + 1] == "cuda" and "--epochs" in cmd
+    assert env["CUDA_VISIBLE_DEVICES"] == "0,1"

@@ -176,10 +176,13 @@ class Detector:
 
         return validate(self, data, **kwargs)
 
-    def export(self, path: str | Path | None = None, *, format: str = "onnx", imgsz: int | None = None,
+    def export(self, path: str | Path | None = None, *, format: str | None = None, imgsz: int | None = None,
                dynamic: bool = False, half: bool = False, simplify: bool = False, nms: bool = False,
                conf: float = 0.25, iou: float = 0.7, max_det: int = 300, multi_label: bool = False) -> Path:
         """Write an export (``onnx``, ``torchscript`` or ``openvino``) atomically; returns its path.
+
+        ``format`` defaults to what ``path`` implies (``.onnx``, ``.torchscript``, ``*_openvino_model``),
+        else onnx; a contradiction between the two is an error.
 
         ``nms=True`` puts decoding + class-aware NMS in the graph (EfficientNMS-style outputs) with
         ``conf``/``iou``/``max_det``/``multi_label`` baked in; see ``leyolo.deploy.export``.

@@ -97,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Export for deployment. The exported model takes the letterboxed RGB image "
                                    "[B, 3, H, W] in [0, 1]; leyolo load/predict/val read its metadata back.")
     _add_model(p)
-    p.add_argument("--format", default="onnx", choices=EXPORT_FORMATS, help="export format (default onnx)")
+    p.add_argument("--format", choices=EXPORT_FORMATS,
+                   help="export format (default: what --out implies: .onnx, .torchscript, *_openvino_model; else onnx)")
     p.add_argument("--imgsz", type=_positive_int, help="input size (default: the model's)")
     p.add_argument("--dynamic", action="store_true", help="symbolic batch, height and width (TorchScript always is)")
     p.add_argument("--half", action="store_true",

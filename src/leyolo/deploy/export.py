@@ -128,8 +128,23 @@ def default_path(arch: str, fmt: str, imgsz: int) -> Path:
     return Path({"onnx": f"{stem}.onnx", "torchscript": f"{stem}.torchscript", "openvino": f"{stem}_openvino_model"}[fmt])
 
 
-def export(model: DetectionModel, path: str | Path | None, fmt: str = "onnx", **options: Any) -> Path:
-    """Write ``model`` in ``fmt``; ``options`` are ``ExportOptions`` fields. Returns the written path."""
+def path_format(path: Path) -> str | None:
+    """The format a path's name implies, if any."""
+    if path.suffix.lower() == ".onnx":
+        return "onnx"
+    if path.suffix.lower() == ".torchscript":
+        return "torchscript"
+    if path.name.endswith("_openvino_model"):
+        return "openvino"
+    return None
+
+
+def export(model: DetectionModel, path: str | Path | None, fmt: str | None = None, **options: Any) -> Path:
+    """Write ``model`` in ``fmt`` (default: implied by ``path``, else onnx); ``options`` are ``ExportOptions`` fields."""
+    implied = path_format(Path(path)) if path is not None else None
+    if fmt is not None and implied is not None and fmt != implied:
+        raise LeyoloError(f"{path}: the name says {implied} but the format asked is {fmt}")
+    fmt = fmt or implied or "onnx"
     opts = ExportOptions(**options).validate(fmt)
     path = Path(path) if path is not None else default_path(model.meta.arch, fmt, opts.imgsz)
     if fmt == "onnx":

@@ -44,6 +44,7 @@ def atomic_dir(path: Path, write: Callable[[Path], object]) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     old = path.parent / f".{path.name}.old"
     try:
+        tmp.chmod(0o755)  # mkdtemp makes it private; an output folder gets the usual mode
         write(tmp)
         if path.exists():
             shutil.rmtree(old, ignore_errors=True)
