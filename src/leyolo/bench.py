@@ -133,73 +133,73 @@ def _measure_isolated(spec: dict[str, Any]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------- artefacts
 @dataclass
 class _Model:
-    """One model of the benchmark: its detector, counts, and the file each backend runs."""
+    """One model of the benchmark: its detector, counts, and the file each (backend, size) runs."""
 
     label: str
     detector: Any
     params: int | None = None
     gflops: dict[int, float] = field(default_factory=dict)
-    artefacts: dict[str, Path] = field(default_factory=dict)
-    notes: dict[str, str] = field(default_factory=dict)
+    artefacts: dict[tuple[str, int], Path] = field(default_factory=dict)
+    notes: dict[tuple[str, int], str] = field(default_factory=dict)  # why a (backend, size) has no artefact
     note: str = ""
 
-    def detector_for(self, backend: str) -> Any:
+    def detector_for(self, backend: str, imgsz: int) -> Any:
         """The detector that runs ``backend`` on the benchmarked artefact (for val and predict)."""
         from .api import Detector
 
-        if backend == "torch":
-            return self.detector
-        return Detector(onnx_path=self.artefacts[backend], meta=self.detector.meta)
+        path = self.artefacts[backend, imgsz]
+        return self.detector if backend == "torch" else Detector(onnx_path=path, meta=self.detector.meta)
 
 
-def quantize_int8(onnx_path: Path, dest: Path, calibration: list[Path] | None, imgsz: int) -> Path:
-    """Static QDQ INT8 copy of ``onnx_path`` via ``leyolo.deploy.quantize`` (imported lazily: optional)."""
-    if not calibration:
+def quantize_int8(detector: Any, data: Any, imgsz: int, dest: Path, calib_images: int, **options: Any) -> Path:
+    """Static QDQ INT8 ONNX (fixed 1x3xSxS) by the optional ``leyolo.deploy.quantize``, calibrated on train
+    images only (the val split is what gets scored); ``options`` go to ``quantize`` (``float_layers=0``: no scan)."""
+    if data is None:
         raise Unavailable("skipped: INT8 needs --data (calibrated on its train split)")
     try:
-        from .deploy import quantize as quant
+        from .deploy.quantize import quantize
     except ImportError:
         raise Unavailable("unavailable: leyolo.deploy.quantize is missing or cannot be imported") from None
-    fn = getattr(quant, "quantize_onnx", None)
-    if fn is None:
-        raise Unavailable("unavailable: leyolo.deploy.quantize has no quantize_onnx()")
-    return Path(fn(onnx_path, dest, calibration=calibration, imgsz=imgsz))
+    try:
+        return Path(quantize(detector, data, method="static", calib_images=calib_images, imgsz=imgsz, out=dest,
+                             runs=1, evaluate=False, **options)["out"])
+    except LeyoloError as exc:
+        raise Unavailable(f"quantization failed: {exc}") from None
 
 
 def _prepare_model(spec: str, label: str, backends: Sequence[str], sizes: Sequence[int], workdir: Path,
-                   data_spec: Any, calibration: list[Path] | None) -> _Model:
+                   data: Any, data_spec: Any, int8_options: dict[str, Any]) -> _Model:
     from .api import Detector, load
+    from .data.datasets import split_images
     from .deploy.export import export_onnx
     from .flops import count_gflops, count_params
     from .registry import create_model, list_models
 
-    if spec in list_models():  # untrained; built for the data's classes so that it can be scored
-        names = list(data_spec.names) if data_spec is not None else None
-        detector = Detector(create_model(spec, nc=len(names) if names else 80, names=names))
-    else:
-        detector = load(spec)
+    names = list(data_spec.names) if data_spec is not None else None
+    registered = spec in list_models()  # untrained: built for the data's classes so that it can be scored
+    detector = Detector(create_model(spec, nc=len(names) if names else 80, names=names)) if registered else load(spec)
     if data_spec is not None and len(detector.names) != data_spec.nc:
-        raise LeyoloError(f"{spec}: the model has {len(detector.names)} classes, {data_spec.yaml_path} has {data_spec.nc}")
-    model = _Model(label, detector, note="untrained" if spec in list_models() and data_spec is not None else "")
+        raise LeyoloError(f"{spec}: {len(detector.names)} classes, {data_spec.yaml_path} has {data_spec.nc}")
+    model = _Model(label, detector, note="untrained" if registered and data_spec is not None else "")
     torch_model = detector.model
     if torch_model is not None:
         model.params = count_params(torch_model)
         model.gflops = {s: count_gflops(torch_model, s) for s in sizes}
-    if "torch" in backends:
-        if torch_model is None:
-            model.notes["torch"] = "unavailable: an ONNX file runs only on onnxruntime"
-        else:
-            model.artefacts["torch"] = detector.save(workdir / f"{label}.safetensors")
-    if any(b.startswith("onnxruntime") for b in backends):
+    if "torch" in backends and torch_model is None:
+        model.notes.update({("torch", s): "unavailable: an ONNX file runs only on onnxruntime" for s in sizes})
+    elif "torch" in backends:
+        weights = detector.save(workdir / f"{label}.safetensors")
+        model.artefacts.update({("torch", s): weights for s in sizes})
+    if "onnxruntime" in backends:
         onnx = detector.onnx_path or export_onnx(torch_model, workdir / f"{label}.onnx", max(sizes), dynamic=True)
-        if "onnxruntime" in backends:
-            model.artefacts["onnxruntime"] = onnx
-        if "onnxruntime-int8" in backends:
-            try:
-                model.artefacts["onnxruntime-int8"] = quantize_int8(onnx, workdir / f"{label}-int8.onnx", calibration,
-                                                                    max(sizes))
-            except Unavailable as exc:
-                model.notes["onnxruntime-int8"] = str(exc)
+        model.artefacts.update({("onnxruntime", s): onnx for s in sizes})
+    for s in sizes if "onnxruntime-int8" in backends else ():
+        try:
+            n = min(len(split_images(data_spec, "train")), 200) if data_spec is not None else 0
+            dest = workdir / f"{label}-{s}-int8.onnx"
+            model.artefacts["onnxruntime-int8", s] = quantize_int8(detector, data, s, dest, n, **int8_options)
+        except Unavailable as exc:
+            model.notes["onnxruntime-int8", s] = str(exc)
     return model
 
 
@@ -208,8 +208,7 @@ def _end_to_end_ms(detector: Any, backend: str, imgsz: int, batch: int, files: l
     from .inference.sources import iter_frames
 
     predictor = detector.predictor(ENGINES[backend], imgsz=imgsz, batch=batch)
-    for _ in predictor.stream(iter_frames(files[:2])):  # warm-up
-        pass
+    sum(1 for _ in predictor.stream(iter_frames(files[:2])))  # warm-up
     best = float("inf")
     for _ in range(passes):
         start = time.perf_counter()
@@ -223,12 +222,9 @@ def _check_inputs(models: Sequence[str], backends: Sequence[str], sizes: Sequenc
                   runs: int, warmup: int, passes: int) -> None:
     from .registry import list_models
 
-    if not models:
-        raise LeyoloError("--models: give at least one model")
     known = list_models()
-    for spec in models:
-        path = Path(spec)
-        if spec not in known and not (path.is_file() and path.suffix.lower() in MODEL_SUFFIXES):
+    for spec in models or [""]:
+        if spec not in known and not (Path(spec).is_file() and Path(spec).suffix.lower() in MODEL_SUFFIXES):
             raise LeyoloError(f"unknown model {spec!r}: not a registered name ({', '.join(known)}) "
                               f"nor an existing {'/'.join(MODEL_SUFFIXES)} file")
     for b in [b for b in backends if b not in ENGINES] or ([] if backends else [""]):
@@ -250,14 +246,15 @@ def run_benchmark(models: Sequence[str], backends: Sequence[str] = ("torch", "on
                   sizes: Sequence[int] = (640,), *, batches: Sequence[int] = (1,), runs: int = 100, warmup: int = 10,
                   data: str | Path | None = None, source: str | Path | None = None, compare: bool = False,
                   passes: int = 1, threads: int | None = None, isolate: bool = True, out: str | Path | None = None,
-                  progress: bool = False) -> list[dict[str, Any]]:
+                  progress: bool = False, int8_options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """One row per (model, backend, imgsz, batch), keys ``COLUMNS``; with ``out``, also the report files.
 
     ``models`` are registered names (untrained; built for ``data``'s classes when given) or
     .pt/.safetensors/.onnx files. ``gflops`` is per image (2 x MACs at 1x3xSxS, as published),
     latencies are per call of a whole batch, ``throughput_ips`` is batch / median latency.
     ``compare`` adds ``e2e_ms``: ms per image of ``predict`` over ``source`` (default: the data's
-    val images). ``threads`` caps torch and onnxruntime threads in the timing processes.
+    val images). ``threads`` caps torch and onnxruntime threads in the timing processes;
+    ``int8_options`` go to ``leyolo.deploy.quantize.quantize``.
     """
     from tqdm import tqdm
 
@@ -273,19 +270,21 @@ def run_benchmark(models: Sequence[str], backends: Sequence[str] = ("torch", "on
         if source is None and data_spec is None:
             raise LeyoloError("--compare needs --data (its val images) or --source")
         files = resolve_source(source) if source is not None else split_images(data_spec, "val")
-    calibration = split_images(data_spec, "train") if data_spec and "onnxruntime-int8" in backends else None
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="leyolo-bench-") as tmp:
-        prepared = [_prepare_model(spec, label, backends, sizes, Path(tmp), data_spec, calibration)
+        prepared = [_prepare_model(spec, label, backends, sizes, Path(tmp), data, data_spec,
+                                   int8_options or {})
                     for spec, label in zip(models, _unique_labels(models))]
         combos = [(m, b, s, n) for m in prepared for b in backends for s in sizes for n in batches]
         for m, b, s, n in combos:
-            path = m.artefacts.get(b)
+            path = m.artefacts.get((b, s))
             rows.append({**dict.fromkeys(COLUMNS), "model": m.label, "backend": b, "imgsz": s, "batch": n,
                          "params": m.params, "gflops": m.gflops.get(s),
                          "file_mb": path.stat().st_size / 1e6 if path else None,
-                         "note": "; ".join(x for x in (m.note, m.notes.get(b, "")) if x)})
-        todo = [i for i, (m, b, _, _) in enumerate(combos) if b in m.artefacts]
+                         "note": "; ".join(x for x in (m.note, m.notes.get((b, s), "")) if x)})
+            if b == "onnxruntime-int8" and n > 1 and path:
+                _add_note(rows[-1], "fixed-batch export: run image by image")
+        todo = [i for i, (m, b, s, _) in enumerate(combos) if (b, s) in m.artefacts]
         groups = {(combos[i][0].label, combos[i][1], combos[i][2]) for i in todo}
         total = len(todo) * passes + len(groups) * (data_spec is not None) + len(todo) * bool(files)
         bar = tqdm(total=total, desc="bench", unit="step", disable=not progress or None)
@@ -293,7 +292,7 @@ def run_benchmark(models: Sequence[str], backends: Sequence[str] = ("torch", "on
             for i in todo:
                 m, b, s, n = combos[i]
                 bar.set_postfix_str(f"{m.label} {b} {s}px b{n}")
-                spec = {"backend": ENGINES[b], "path": str(m.artefacts[b]),
+                spec = {"backend": ENGINES[b], "path": str(m.artefacts[b, s]),
                         "imgsz": s, "batch": n, "runs": runs, "warmup": warmup, "threads": threads}
                 result = _measure_isolated(spec) if isolate else {**measure(spec), "mem_mb": None}
                 _merge(rows[i], result)
@@ -304,7 +303,7 @@ def run_benchmark(models: Sequence[str], backends: Sequence[str] = ("torch", "on
             if data_spec is not None:
                 if (m.label, b, s) not in scores:
                     bar.set_postfix_str(f"val {m.label} {b} {s}px")
-                    scores[m.label, b, s] = _attempt(rows[i], "val", lambda: m.detector_for(b).val(
+                    scores[m.label, b, s] = _attempt(rows[i], "val", lambda: m.detector_for(b, s).val(
                         data, imgsz=s, backend=ENGINES[b]))
                     bar.update(1)
                 metrics = scores[m.label, b, s] or {}
@@ -312,7 +311,7 @@ def run_benchmark(models: Sequence[str], backends: Sequence[str] = ("torch", "on
             if files:
                 bar.set_postfix_str(f"predict {m.label} {b} {s}px b{n}")
                 rows[i]["e2e_ms"] = _attempt(rows[i], "predict", lambda: _end_to_end_ms(
-                    m.detector_for(b), b, s, n, files, passes))
+                    m.detector_for(b, s), b, s, n, files, passes))
                 bar.update(1)
         bar.close()
     if out is not None:

@@ -245,7 +245,7 @@ def _check(method: str, calibration: str, calib_images: int, imgsz: int, data: A
 def quantize(model: Any, data: str | Path | None = None, *, method: str = "static", calib_images: int = 200,
              calibration: str = "minmax", per_channel: bool = True, exclude: str = "auto", float_layers: int = 3,
              imgsz: int | None = None, out: str | Path | None = None, runs: int = 50, evaluate: bool = True,
-             scan_images: int = 4) -> dict[str, Any]:
+             scan_images: int = 4, reduce_range: bool = False) -> dict[str, Any]:
     """Quantize ``model`` (name, weights file, fp32 ONNX or ``Detector``) and compare it with fp32.
 
     Returns a dict with ``out`` (the written file), ``rows`` (fp32 and quantized: size, latency,
@@ -294,8 +294,8 @@ def quantize(model: Any, data: str | Path | None = None, *, method: str = "stati
             extra = {"CalibStridedMinMax": _chunk(len(paths))}
             if calibration == "percentile":
                 extra["CalibPercentile"] = 99.999
-            kwargs = dict(quant_format=ortq.QuantFormat.QDQ, per_channel=per_channel,
-                          activation_type=ortq.QuantType.QInt8, weight_type=ortq.QuantType.QInt8,
+            kwargs = dict(quant_format=ortq.QuantFormat.QDQ, per_channel=per_channel, reduce_range=reduce_range,
+                          activation_type=ortq.QuantType.QUInt8, weight_type=ortq.QuantType.QInt8,
                           calibrate_method=getattr(ortq.CalibrationMethod, CALIBRATIONS[calibration]),
                           calibration_cache_path=str(work / "ranges.json"), extra_options=extra)
             if exclude == "auto" and float_layers:
@@ -309,8 +309,8 @@ def quantize(model: Any, data: str | Path | None = None, *, method: str = "stati
                 always = sorted(set(always) | {n for g in float_groups for n in groups[g]})
             ortq.quantize_static(pre, quantized, _reader(fetch, len(paths), input_name), nodes_to_exclude=always,
                                  **kwargs)
-            record.update(calibration=calibration, calibration_images=counts, format="QDQ", activations="int8",
-                          weights="int8")
+            record.update(calibration=calibration, calibration_images=counts, format="QDQ", activations="uint8",
+                          weights="int7" if reduce_range else "int8")
         elif method == "dynamic":
             ortq.quantize_dynamic(pre, quantized, per_channel=per_channel, weight_type=ortq.QuantType.QInt8,
                                   nodes_to_exclude=always)

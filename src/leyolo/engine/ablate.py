@@ -116,7 +116,7 @@ def load_base(base: str | Path) -> dict[str, Any]:
 
 
 def parse_vary(items: Sequence[str]) -> dict[str, list[Any]]:
-    """``["mosaic=0,1", "lr0=0.01,0.02"]`` -> ``{"mosaic": [0, 1], "lr0": [0.01, 0.02]}`` (values via yaml.safe_load)."""
+    """``["mosaic=0,1", "lr0=1e-3"]`` -> ``{"mosaic": [0.0, 1.0], "lr0": [0.001]}``: yaml.safe_load, then ``coerce``."""
     import yaml
 
     vary: dict[str, list[Any]] = {}

@@ -99,6 +99,7 @@ class DetectionModel(nn.Module):
 
         ``every_layer=True`` also runs layers that feed nothing (FLOP counting as published).
         """
+        self._check_input(x)
         order, saved = self._plan
         if every_layer:
             order, saved = range(len(self.layers)), set(range(len(self.layers)))
@@ -114,6 +115,20 @@ class DetectionModel(nn.Module):
             if i in saved:
                 outputs[i] = prev
         return [outputs[i] for i in self.head_sources]
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        """A clear error for sizes the neck cannot concatenate, instead of a shape error deep inside."""
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            return
+        if x.ndim != 4:
+            raise ValueError(f"{self.meta.arch} expects a [B, C, H, W] batch, got shape {tuple(x.shape)}")
+        multiple = max(self.strides)
+        h, w = int(x.shape[-2]), int(x.shape[-1])
+        if h % multiple or w % multiple:
+            raise ValueError(
+                f"{self.meta.arch} needs input height and width that are multiples of {multiple}, got {h}x{w} "
+                f"(letterbox or pad to {-(-h // multiple) * multiple}x{-(-w // multiple) * multiple})"
+            )
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """``[B, 3, H, W]`` RGB in [0, 1] -> raw maps ``[B, 4*bins + nc, H/s, W/s]`` per stride."""

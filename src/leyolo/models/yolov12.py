@@ -27,7 +27,6 @@ from .heads import DecoupledHead
 from .layers import C3k2, Concat, ConvBNAct, Upsample
 from .leyolo import COCO_NAMES
 
-INPUT_MULTIPLE = 32
 
 
 @dataclass(frozen=True)
@@ -80,26 +79,13 @@ DESCRIPTIONS = {
 
 
 class YOLOv12Model(DetectionModel):
-    """``DetectionModel`` with YOLOv12's input rule and FLOP convention.
+    """``DetectionModel`` with YOLOv12's FLOP convention.
 
-    * Inputs must have H and W divisible by 32: checked in ``features`` with a clear
-      ``ValueError`` instead of a shape error deep in the neck (skipped while tracing/exporting).
     * ``flops_upsample_macs = 0``: the YOLOv12 tables were counted with ultralytics-thop 2.x,
       which counts nearest upsampling as zero (LeYOLO's thop 0.1.1 counted 1 per output element).
     """
 
     flops_upsample_macs = 0
-
-    def features(self, x: torch.Tensor, *, every_layer: bool = False) -> list[torch.Tensor]:
-        if not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()):
-            h, w = int(x.shape[-2]), int(x.shape[-1])
-            if h % INPUT_MULTIPLE or w % INPUT_MULTIPLE:
-                raise ValueError(
-                    f"{self.meta.arch} needs input height and width that are multiples of {INPUT_MULTIPLE}, "
-                    f"got {h}x{w} (letterbox or pad to {-(-h // INPUT_MULTIPLE) * INPUT_MULTIPLE}x"
-                    f"{-(-w // INPUT_MULTIPLE) * INPUT_MULTIPLE})"
-                )
-        return super().features(x, every_layer=every_layer)
 
 
 def build_yolov12(arch: YOLOv12Arch, *, nc: int = 80, names: list[str] | None = None,
