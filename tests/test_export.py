@@ -203,6 +203,23 @@ def test_nms_export_predicts_like_numpy_postprocess(backend, detector, exports, 
     assert len(strict) <= 2 and (strict.scores > max(conf, 0.5)).all()
 
 
+def test_static_nms_export_runs_batches_image_by_image(detector, out_dir, images):
+    path = detector.export(out_dir / "nms-static.onnx", imgsz=IMGSZ, nms=True, conf=0.1, max_det=20)
+    engine = OnnxRuntimeBackend(path)
+    assert engine.fixed_batch == 1 and engine.end_to_end
+    x = np.concatenate([_blob(img, IMGSZ, IMGSZ) for img in images])
+    joined = engine(x)  # fixed batch 1: split, run and concatenated back
+    assert joined.num_dets.shape == (3, 1) and joined.boxes.shape == (3, 20, 4)
+    for i in range(3):
+        one = engine(x[i : i + 1])
+        np.testing.assert_array_equal(joined.num_dets[i], one.num_dets[0])
+        np.testing.assert_array_equal(joined.boxes[i], one.boxes[0])
+        ref = postprocess(TorchBackend(detector.model)(x[i : i + 1])[0], 0.1, 0.7, 20)
+        got = joined.detections(i)
+        assert len(got) == len(ref) and got.classes.dtype == np.int64
+        np.testing.assert_allclose(got.boxes, ref.boxes, atol=1e-2, rtol=0)
+
+
 def test_nms_export_warns_about_settings_it_cannot_honour(exports, images, caplog):
     det = leyolo.load(exports["onnx-nms"])
     with caplog.at_level("WARNING", logger="leyolo"):
@@ -283,7 +300,8 @@ def test_missing_openvino_is_one_clear_line(detector, exports, tmp_path, monkeyp
     with pytest.raises(LeyoloError, match="pip install openvino"):
         det.predict(np.zeros((64, 64, 3), np.uint8), imgsz=IMGSZ)
     capsys.readouterr()
-    assert main(["export", "--model", "leyolo-n", "--format", "openvino", "--out", str(tmp_path / "c_openvino_model")]) == 1
+    out = tmp_path / "c_openvino_model"
+    assert main(["export", "--model", "leyolo-n", "--format", "openvino", "--out", str(out)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and "pip install openvino" in err[0]
     assert not list(tmp_path.iterdir())
@@ -299,7 +317,7 @@ def test_openvino_export_is_atomic(detector, tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("conversion failed")
 
-    monkeypatch.setattr(openvino, "convert_model", broken)
+    monkeypatch.setattr(openvino, "save_model", broken)
     with pytest.raises(RuntimeError, match="conversion failed"):
         detector.export(target, imgsz=IMGSZ)
     assert [p.name for p in tmp_path.iterdir()] == [target.name] and (target / "keep.txt").read_text() == "old"

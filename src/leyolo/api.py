@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
-import torch
 
 from .errors import LeyoloError
 from .flops import count_gflops, count_params
@@ -36,8 +35,8 @@ class Detector:
     its export settings (``dynamic``, ``half``, ``nms``) are in ``meta.extra``.
     """
 
-    def __init__(self, model: DetectionModel | None = None, onnx_path: Path | None = None, meta: ModelMeta | None = None,
-                 *, export_path: Path | None = None, export_format: str | None = None):
+    def __init__(self, model: DetectionModel | None = None, onnx_path: Path | None = None,
+                 meta: ModelMeta | None = None, *, export_path: Path | None = None, export_format: str | None = None):
         if onnx_path is not None:
             export_path, export_format = onnx_path, "onnx"
         if model is None and export_path is None:
@@ -63,7 +62,8 @@ class Detector:
     # -- backends -------------------------------------------------------------------------
     def _require_model(self, verb: str) -> DetectionModel:
         if self.model is None:
-            raise LeyoloError(f"{verb} needs PyTorch weights; {self.export_path} is an exported {self.export_format} model")
+            raise LeyoloError(f"{verb} needs PyTorch weights; "
+                              f"{self.export_path} is an exported {self.export_format} model")
         return self.model
 
     def onnx_file(self, imgsz: int) -> Path:
@@ -94,7 +94,8 @@ class Detector:
             if name == "torch":
                 name = runtime
             elif name != runtime and not (self.export_format == "onnx" and name == "openvino"):
-                raise LeyoloError(f"{self.export_path} is a {self.export_format} export; it runs on --backend {runtime}")
+                raise LeyoloError(f"{self.export_path} is a {self.export_format} export; "
+                                  f"it runs on --backend {runtime}")
         nms, half = self.meta.extra.get("nms"), bool(self.meta.extra.get("half"))
         if name == "torch":
             return TorchBackend(self._require_model("the torch backend"), device)

@@ -130,7 +130,6 @@ def _measure_isolated(spec: dict[str, Any]) -> dict[str, Any]:
     return json.loads(lines[-1])
 
 
-# ------------------------------------------------------------------------------- artefacts
 @dataclass
 class _Model:
     """One model of the benchmark: its detector, counts, and the file each (backend, size) runs."""
@@ -217,7 +216,6 @@ def _end_to_end_ms(detector: Any, backend: str, imgsz: int, batch: int, files: l
     return best * 1e3
 
 
-# ------------------------------------------------------------------------------ the run
 def _check_inputs(models: Sequence[str], backends: Sequence[str], sizes: Sequence[int], batches: Sequence[int],
                   runs: int, warmup: int, passes: int) -> None:
     from .registry import list_models
@@ -426,6 +424,8 @@ def plot_reports(rows: Sequence[dict[str, Any]], out: Path, data: str | None = N
         fig, ax = plt.subplots(figsize=(6.4, 4.4))
         for backend, marker in zip(BACKEND_NAMES, "os^"):
             pts = [r for r in (scored or timed) if r["backend"] == backend]
+            if not pts:
+                continue
             ax.scatter([r[xkey] for r in pts], [r[ykey] * scale for r in pts], marker=marker,
                        label=f"{backend}, on {Path(data).parent.name}" if scored and data else backend)
             for r in pts:

@@ -8,6 +8,12 @@ from pathlib import Path
 from typing import Callable
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | Path, write: Callable[[str], object]) -> Path:
     """Call ``write(tmp_path)`` then rename over ``path``: a crash leaves the old file intact."""
     path = Path(path)
@@ -15,6 +21,7 @@ def atomic_write(path: str | Path, write: Callable[[str], object]) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes files private; outputs get the usual permissions
         write(tmp)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())

@@ -7,6 +7,12 @@ graph ends in class-aware NMS instead and has the four EfficientNMS-style output
 ``onnx_graph``. Folding happens here rather than in the exporter: the TorchScript exporter's own
 Conv+BN folding mis-handles convs that carry a bias (the LeYOLO convs do).
 
+``half``: the convolutional trunk runs in FP16 between casts, inputs, outputs and decoding stay
+FP32 (``HalfDecodedModel``), so the file drops in wherever the FP32 one does. It halves the file;
+it is meant for GPU runtimes (CUDA/TensorRT execution providers). ONNX Runtime's CPU provider
+runs it correctly but, measured on an AVX2/AVX-512 x86, no faster than FP32; OpenVINO IR gets
+FP16-compressed weights and its CPU plugin then picks its own precision (bf16 where available).
+
 Metadata (a JSON object under ``leyolo``): arch, names, imgsz, stride, pad_value, strides, nc,
 output (``"xyxy+scores"`` or ``"efficient_nms"``), dynamic, half, nms (``{conf, iou, max_det,
 multi_label}`` or null), format.
@@ -70,8 +76,8 @@ class ExportOptions:
     def nms_info(self) -> dict[str, Any] | None:
         if not self.nms:
             return None
-        return {"layout": "efficient_nms", "conf": float(self.conf), "iou": float(self.iou), "max_det": int(self.max_det),
-                "multi_label": bool(self.multi_label)}
+        return {"layout": "efficient_nms", "conf": float(self.conf), "iou": float(self.iou),
+                "max_det": int(self.max_det), "multi_label": bool(self.multi_label)}
 
 
 def model_metadata(model: DetectionModel, imgsz: int) -> dict[str, Any]:
@@ -125,7 +131,8 @@ def decoded_graph(model: DetectionModel, half: bool = False) -> torch.nn.Module:
 
 def default_path(arch: str, fmt: str, imgsz: int) -> Path:
     stem = f"{arch}-{imgsz}"
-    return Path({"onnx": f"{stem}.onnx", "torchscript": f"{stem}.torchscript", "openvino": f"{stem}_openvino_model"}[fmt])
+    names = {"onnx": f"{stem}.onnx", "torchscript": f"{stem}.torchscript", "openvino": f"{stem}_openvino_model"}
+    return Path(names[fmt])
 
 
 def path_format(path: Path) -> str | None:
@@ -140,7 +147,7 @@ def path_format(path: Path) -> str | None:
 
 
 def export(model: DetectionModel, path: str | Path | None, fmt: str | None = None, **options: Any) -> Path:
-    """Write ``model`` in ``fmt`` (default: implied by ``path``, else onnx); ``options`` are ``ExportOptions`` fields."""
+    """Write ``model`` in ``fmt`` (default: what ``path`` implies, else onnx); ``options``: ``ExportOptions``."""
     implied = path_format(Path(path)) if path is not None else None
     if fmt is not None and implied is not None and fmt != implied:
         raise LeyoloError(f"{path}: the name says {implied} but the format asked is {fmt}")
@@ -184,7 +191,8 @@ def onnx_proto(model: DetectionModel, opts: ExportOptions, tmp: str) -> Any:
     return proto
 
 
-def export_onnx(model: DetectionModel, path: str | Path, imgsz: int = 640, dynamic: bool = False, **options: Any) -> Path:
+def export_onnx(model: DetectionModel, path: str | Path, imgsz: int = 640, dynamic: bool = False,
+                **options: Any) -> Path:
     """Write ``model`` as ONNX (opset 17); ``dynamic`` makes batch, height and width symbolic.
 
     ``options`` are the other ``ExportOptions`` fields (half, simplify, nms, conf, iou, ...).

@@ -139,7 +139,8 @@ def append_nms(proto: Any, nc: int, conf: float, iou: float, max_det: int, multi
     }
     for name, tensor in outputs.items():
         graph.node.append(helper.make_node("Identity", [tensor], [name], name=f"nms/{name}"))
-    shapes = {"num_dets": (TensorProto.INT32, [batch_dim, 1]), "det_boxes": (TensorProto.FLOAT, [batch_dim, max_det, 4]),
+    shapes = {"num_dets": (TensorProto.INT32, [batch_dim, 1]),
+              "det_boxes": (TensorProto.FLOAT, [batch_dim, max_det, 4]),
               "det_scores": (TensorProto.FLOAT, [batch_dim, max_det]),
               "det_classes": (TensorProto.INT32, [batch_dim, max_det])}
     del graph.output[:]

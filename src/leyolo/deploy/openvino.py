@@ -1,7 +1,7 @@
 """OpenVINO export and loading: IR (``.xml`` + ``.bin``) in a ``<name>_openvino_model/`` folder.
 
-The IR is converted from the ONNX export (same graph, same NMS tail), so every ONNX option
-carries over; ``--half`` stores FP16 weights (``compress_to_fp16``) and lets the CPU plugin pick
+The IR is read from the ONNX export by OpenVINO's ONNX frontend (same graph, same NMS tail),
+so every ONNX option carries over; ``--half`` stores FP16 weights (``compress_to_fp16``) and lets the CPU plugin pick
 its fastest precision, otherwise inference is pinned to f32 (the plugin defaults to bf16 on
 CPUs that have it, which moves boxes by pixels). Metadata sits in ``metadata.json`` beside
 the IR and in the IR's ``rt_info`` under ``leyolo``.
@@ -43,15 +43,19 @@ def atomic_dir(path: Path, write: Callable[[Path], object]) -> Path:
         raise LeyoloError(f"{path}: exists and is not a folder")
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     old = path.parent / f".{path.name}.old"
+    moved = False
     try:
         tmp.chmod(0o755)  # mkdtemp makes it private; an output folder gets the usual mode
         write(tmp)
         if path.exists():
             shutil.rmtree(old, ignore_errors=True)
             os.replace(path, old)
+            moved = True
         os.replace(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if moved and not path.exists():
+            os.replace(old, path)  # the swap itself failed: put the previous export back
         raise
     shutil.rmtree(old, ignore_errors=True)
     return path
@@ -68,7 +72,9 @@ def export_openvino(model: DetectionModel, path: str | Path, opts: Any) -> Path:
 
     def write(tmp: Path) -> None:
         onnx_path = export_onnx(model, tmp / f"{stem}.onnx", **asdict(replace(opts, half=False)))
-        ov_model = ov.convert_model(str(onnx_path))
+        # Core.read_model, not convert_model: same ONNX frontend, but convert_model (the ovc tool)
+        # sends usage telemetry to Google Analytics unless the user opted out beforehand.
+        ov_model = ov.Core().read_model(str(onnx_path))
         ov_model.set_rt_info(json.dumps(meta), RT_INFO_PATH)
         ov.save_model(ov_model, str(tmp / f"{stem}.xml"), compress_to_fp16=bool(opts.half))
         onnx_path.unlink()
@@ -117,4 +123,5 @@ def compile_openvino(model: str | Path, half: bool = False, threads: int | None 
     try:
         return ov.Core().compile_model(str(model), "CPU", config)
     except Exception as exc:  # openvino raises RuntimeError with multi-line C++ messages
-        raise LeyoloError(f"{model}: OpenVINO cannot load this model ({str(exc).strip().splitlines()[0][:200]})") from exc
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise LeyoloError(f"{model}: OpenVINO cannot load this model ({first})") from exc

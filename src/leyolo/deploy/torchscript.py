@@ -40,7 +40,9 @@ def export_torchscript(model: DetectionModel, path: str | Path, opts: Any, meta:
     extra = {EXTRA_FILE: json.dumps(meta | {"dynamic": True})}
 
     def write(tmp: str) -> None:
-        torch.jit.save(traced, tmp, _extra_files=extra)
+        with warnings.catch_warnings():  # deprecated in favour of torch.export, which has no loadable archive yet
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.jit.save(traced, tmp, _extra_files=extra)
 
     return atomic_write(path, write)
 
@@ -68,7 +70,10 @@ def load_torchscript(path: str | Path) -> torch.jit.ScriptModule:
     exports you made or trust, as you would an executable.
     """
     try:
-        module = torch.jit.load(str(path), map_location="cpu")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            module = torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:  # RuntimeError with a C++ backtrace; keep one line
-        raise LeyoloError(f"{path}: torch cannot load this TorchScript archive ({str(exc).splitlines()[0][:200]})") from exc
+        first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise LeyoloError(f"{path}: torch cannot load this TorchScript archive ({first})") from exc
     return module.eval()

@@ -170,9 +170,14 @@ def plan_variants(base: dict[str, Any], vary: dict[str, list[Any]]) -> list[Vari
     return variants
 
 
-def _measure(best: Path, imgsz: int, runs: int) -> dict[str, Any]:
-    """params, GFLOPs, torch latency (1 image, median ms) and deployable safetensors size of a trained model."""
+def _measure(best: Path, imgsz: int, runs: int, threads: int) -> dict[str, Any]:
+    """params, GFLOPs, torch latency (1 image, median ms) and deployable safetensors size of a trained model.
+
+    Latency runs on ``threads`` torch threads (restored afterwards): the rows are compared with
+    each other, and one thread is what stays steady on a busy machine.
+    """
     import numpy as np
+    import torch
 
     from ..api import load
     from ..bench import latency_stats, time_calls
@@ -180,7 +185,12 @@ def _measure(best: Path, imgsz: int, runs: int) -> dict[str, Any]:
     detector = load(best)
     info = detector.info(imgsz)
     image = np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32)
-    times = time_calls(detector.backend("torch"), image, runs, warmup=max(runs // 10, 2))
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        times = time_calls(detector.backend("torch"), image, runs, warmup=max(runs // 10, 2))
+    finally:
+        torch.set_num_threads(previous)
     with tempfile.TemporaryDirectory(prefix="leyolo-ablate-") as tmp:
         size = detector.save(Path(tmp) / "model.safetensors").stat().st_size
     return {"params": info["params"], "gflops": info["gflops"], "latency_ms": latency_stats(times)["latency_ms"],
@@ -189,7 +199,7 @@ def _measure(best: Path, imgsz: int, runs: int) -> dict[str, Any]:
 
 def run_ablation(base: str | Path | dict[str, Any], vary: dict[str, list[Any]], data: str | Path, *,
                  out: str | Path = "runs/ablate", overrides: dict[str, Any] | None = None,
-                 latency_runs: int = 20) -> list[dict[str, Any]]:
+                 latency_runs: int = 20, latency_threads: int = 1) -> list[dict[str, Any]]:
     """Train, validate and measure the baseline and each one-key variant; returns the table rows.
 
     ``base`` is a model name, weights file, YAML/JSON of TrainConfig fields, or such a dict;
@@ -207,7 +217,8 @@ def run_ablation(base: str | Path | dict[str, Any], vary: dict[str, list[Any]], 
     variants = plan_variants(config, vary)
     out = Path(out)
     header = (f"# leyolo ablate\n\ndata: {data}; baseline: {json.dumps(variants[0].config, default=str)}; "
-              f"one key changed per row, same seed; latency: torch, 1 image, median of {latency_runs}")
+              f"one key changed per row, same seed; latency: torch, {latency_threads} thread(s), 1 image, "
+              f"median of {latency_runs}")
     rows: list[dict[str, Any]] = []
     for variant in variants:
         log.info("ablation run %d/%d: %s", len(rows) + 1, len(variants), variant.name)
@@ -215,16 +226,17 @@ def run_ablation(base: str | Path | dict[str, Any], vary: dict[str, list[Any]], 
         model = str(settings.pop("model", "leyolo-n"))
         name = re.sub(r"[^\w.=+-]", "_", variant.name)[:80]
         result = train(model, str(data), project=str(out), name=name, exist_ok=False, **settings)
+        imgsz = int(settings.get("imgsz") or TrainConfig.imgsz)
         metrics = result["metrics"]
         if not metrics or fitness(metrics) != result["best_fitness"]:  # best.safetensors is an earlier epoch
             from ..api import load
 
-            metrics = load(result["best"]).val(data, imgsz=settings.get("imgsz") or TrainConfig.imgsz)
-        imgsz = int(settings.get("imgsz") or TrainConfig.imgsz)
-        rows.append({"variant": variant.name, "key": variant.key or "", "value": "" if variant.key is None
-                     else show(variant.value), "mAP50": metrics.get("mAP50"), "mAP50-95": metrics.get("mAP50-95"),
-                     **_measure(Path(result["best"]), imgsz, latency_runs), "epochs": result["epochs"],
-                     "train_s": result["seconds"], "run_dir": result["save_dir"]})
+            metrics = load(result["best"]).val(data, imgsz=imgsz)
+        rows.append({"variant": variant.name, "key": variant.key or "",
+                     "value": "" if variant.key is None else show(variant.value),
+                     "mAP50": metrics.get("mAP50"), "mAP50-95": metrics.get("mAP50-95"),
+                     **_measure(Path(result["best"]), imgsz, latency_runs, latency_threads),
+                     "epochs": result["epochs"], "train_s": result["seconds"], "run_dir": result["save_dir"]})
         write_table(rows, COLUMNS, out, "ablation", header, DIGITS)
     return rows
 

@@ -40,7 +40,8 @@ class NmsBatch:
 
     @classmethod
     def concat(cls, parts: Sequence["NmsBatch"]) -> "NmsBatch":
-        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("num_dets", "boxes", "scores", "classes")))
+        fields = ("num_dets", "boxes", "scores", "classes")
+        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in fields))
 
     def __len__(self) -> int:
         return len(self.num_dets)
@@ -176,7 +177,8 @@ class OpenVinoBackend:
 
     name = "openvino"
 
-    def __init__(self, path: str | Path, nms: dict | None = None, half: bool = False, threads: int | None = None) -> None:
+    def __init__(self, path: str | Path, nms: dict | None = None, half: bool = False,
+                 threads: int | None = None) -> None:
         from ..deploy.openvino import compile_openvino
 
         self.path = Path(path)
