@@ -9,7 +9,7 @@ import pytest
 
 from leyolo import cli
 from leyolo.data.synthetic import generate_shapes_dataset
-from leyolo.engine.ablate import load_base, parse_vary, plan_variants
+from leyolo.engine.ablate import load_base, parse_vary, plan_variants, run_ablation
 from leyolo.errors import LeyoloError
 
 
@@ -76,7 +76,9 @@ def test_ablate_trains_each_variant_in_its_own_folder(plugin_cli, tmp_path, caps
         assert 0.0 <= float(r["mAP50-95"]) <= float(r["mAP50"]) <= 1.0
         assert int(r["params"]) > 0 and float(r["latency_ms"]) > 0 and float(r["file_mb"]) > 1
         assert int(r["epochs"]) == 1
-    assert "| mosaic=0.5 | mosaic | 0.5 |" in (tmp_path / "out" / "ablation.md").read_text()
+    markdown = (tmp_path / "out" / "ablation.md").read_text()
+    assert "| mosaic=0.5 | mosaic | 0.5 |" in markdown
+    assert "mosaic is switched off for every epoch" in markdown  # close_mosaic 10 >= 1 epoch: said, not hidden
     assert "| baseline |" in capsys.readouterr().out
 
 
@@ -85,3 +87,13 @@ def test_ablate_cli_bad_key(plugin_cli, tmp_path, capsys):
     assert plugin_cli(argv) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "unknown key 'speed'" in err and "mosaic" in err
+
+
+def test_failed_variant_is_a_row_not_a_crash(tmp_path):
+    data = generate_shapes_dataset(tmp_path / "data", n_train=8, n_val=4, imgsz=64, progress=False)
+    base = {"model": "leyolo-n", "epochs": 1, "imgsz": 64, "batch": 4, "workers": 0, "plots": False}
+    rows = run_ablation(base, {"teacher": [str(tmp_path / "missing.safetensors")]}, data, out=tmp_path / "out")
+    assert [r["variant"] for r in rows] == ["baseline", f"teacher={tmp_path / 'missing.safetensors'}"]
+    assert rows[0]["note"] == "" and rows[0]["mAP50"] is not None
+    assert rows[1]["note"].startswith("failed:") and "missing.safetensors" in rows[1]["note"]
+    assert "failed:" in (tmp_path / "out" / "ablation.md").read_text()

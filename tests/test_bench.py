@@ -17,7 +17,6 @@ from leyolo import bench, cli
 from leyolo.api import Detector
 from leyolo.bench import COLUMNS, Unavailable, quantize_int8, run_benchmark
 from leyolo.data.synthetic import NAMES, generate_shapes_dataset
-from leyolo.errors import LeyoloError
 from leyolo.flops import count_gflops
 from leyolo.registry import create_model
 

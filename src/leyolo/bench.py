@@ -2,25 +2,24 @@
 
 Why it is built this way:
 
-* Each combination is timed in a fresh process (``python -m leyolo.bench --worker``), so no
-  allocator state, thread pool or cache leaks between combinations, and its peak resident set
-  means something: ``mem_mb`` is the peak minus the RSS right after importing torch/onnxruntime
-  (where the kernel's peak mark is reset via /proc/self/clear_refs), i.e. what loading the
-  artefact, building the backend and the timed loop added, native buffers (oneDNN, MLAS)
-  included, which ``tracemalloc`` cannot see. Empty in-process (``isolate=False``) and off
-  Linux: ``ru_maxrss`` cannot be reset, so it would mostly measure the imports.
+* Each combination is timed in a fresh process (``python -m leyolo.bench --worker``): nothing
+  leaks between combinations and its peak resident set means something. ``mem_mb`` is the peak
+  minus the RSS right after importing torch/onnxruntime, where the kernel's peak mark is reset
+  (/proc/self/clear_refs): what loading the artefact, building the backend and the timed loop
+  added, native buffers (oneDNN, MLAS) included, which ``tracemalloc`` cannot see. Empty
+  in-process (``isolate=False``) and off Linux (``ru_maxrss`` cannot be reset).
 * Machines like this drift in speed by +-30%: ``passes`` > 1 runs all combinations round-robin
   that many times and keeps each one's fastest pass (lowest median), as benchmarks/ does.
 * What is timed is what is sized and scored: the safetensors weights (``torch``), a dynamic
   ONNX export (``onnxruntime``), its static QDQ INT8 quantization by ``leyolo.deploy.quantize``
-  calibrated on the data's train split (``onnxruntime-int8``). mAP is scored once per (model,
-  backend, size). A combination that cannot run is a row with a ``note``, never a lost run;
-  bad arguments fail fast with one ``LeyoloError`` line.
+  calibrated on the data's train split (``onnxruntime-int8``). A combination that cannot run
+  is a row with a ``note``, never a lost run; bad arguments fail fast with one line.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
@@ -31,7 +30,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from .errors import LeyoloError
 from .fileio import atomic_write
@@ -53,7 +52,6 @@ class Unavailable(Exception):
     """A backend that cannot run for this model (its message goes to the row's ``note``)."""
 
 
-# ---------------------------------------------------------------------------------- timing
 def time_calls(fn: Callable[[Any], Any], arg: Any, runs: int, warmup: int) -> list[float]:
     """Seconds per call of ``fn(arg)`` over ``runs`` calls after ``warmup`` untimed ones."""
     for _ in range(warmup):
@@ -96,24 +94,17 @@ def _reset_peak() -> float | None:
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
     """Time one artefact on random ``[batch, 3, imgsz, imgsz]`` input; memory = peak RSS growth after imports."""
     import numpy as np
+    import onnxruntime  # noqa: F401  (imported before the baseline: libraries are not the model's cost)
+    import torch
 
-    threads = spec.get("threads")
-    if spec["backend"] == "torch":
-        import torch
+    from .api import load
+    from .inference.backends import OnnxRuntimeBackend
 
-        from .api import load
-
-        if threads:
-            torch.set_num_threads(int(threads))
-        base = _reset_peak()
-        engine = load(spec["path"]).backend("torch")
-    else:
-        import onnxruntime  # noqa: F401  (imported before the baseline: the library is not the model's cost)
-
-        from .inference.backends import OnnxRuntimeBackend
-
-        base = _reset_peak()
-        engine = OnnxRuntimeBackend(spec["path"], threads)
+    if spec.get("threads"):
+        torch.set_num_threads(int(spec["threads"]))
+    base = _reset_peak()
+    engine = (load(spec["path"]).backend("torch") if spec["backend"] == "torch"
+              else OnnxRuntimeBackend(spec["path"], spec.get("threads")))
     images = np.random.default_rng(0).random((spec["batch"], 3, spec["imgsz"], spec["imgsz"]), dtype=np.float32)
     times = time_calls(engine, images, int(spec["runs"]), int(spec["warmup"]))
     peak = _rss_mb("VmHWM") if base is not None else None
@@ -197,16 +188,20 @@ def _prepare_model(spec: str, label: str, backends: Sequence[str], sizes: Sequen
             n = min(len(split_images(data_spec, "train")), 200) if data_spec is not None else 0
             dest = workdir / f"{label}-{s}-int8.onnx"
             model.artefacts["onnxruntime-int8", s] = quantize_int8(detector, data, s, dest, n, **int8_options)
-        except Unavailable as exc:
-            model.notes["onnxruntime-int8", s] = str(exc)
+        except (Unavailable, LeyoloError) as exc:  # e.g. a data.yaml without a train split
+            model.notes["onnxruntime-int8", s] = str(exc) if isinstance(exc, Unavailable) else f"skipped: {exc}"
     return model
 
 
-def _end_to_end_ms(detector: Any, backend: str, imgsz: int, batch: int, files: list[Path], passes: int) -> float:
+def _end_to_end_ms(detector: Any, backend: str, imgsz: int, batch: int, files: list[Path], passes: int,
+                   threads: int | None) -> float:
     """ms per image of the whole ``predict`` path (decode, letterbox, network, NMS), best of ``passes``."""
+    from .inference.backends import OnnxRuntimeBackend
     from .inference.sources import iter_frames
 
     predictor = detector.predictor(ENGINES[backend], imgsz=imgsz, batch=batch)
+    if threads and backend != "torch":  # as many threads as the network-only timing had
+        predictor.backend = OnnxRuntimeBackend(predictor.backend.path, threads, predictor.backend.nms)
     sum(1 for _ in predictor.stream(iter_frames(files[:2])))  # warm-up
     best = float("inf")
     for _ in range(passes):
@@ -235,11 +230,6 @@ def _check_inputs(models: Sequence[str], backends: Sequence[str], sizes: Sequenc
         raise LeyoloError("--runs and --passes must be >= 1, --warmup >= 0")
 
 
-def _unique_labels(models: Sequence[str]) -> list[str]:
-    stems = [Path(m).stem if Path(m).suffix.lower() in MODEL_SUFFIXES else m for m in models]
-    return [stem if stems.count(stem) == 1 else f"{stem}-{i}" for i, stem in enumerate(stems)]
-
-
 def run_benchmark(models: Sequence[str], backends: Sequence[str] = ("torch", "onnxruntime"),
                   sizes: Sequence[int] = (640,), *, batches: Sequence[int] = (1,), runs: int = 100, warmup: int = 10,
                   data: str | Path | None = None, source: str | Path | None = None, compare: bool = False,
@@ -251,7 +241,7 @@ def run_benchmark(models: Sequence[str], backends: Sequence[str] = ("torch", "on
     .pt/.safetensors/.onnx files. ``gflops`` is per image (2 x MACs at 1x3xSxS, as published),
     latencies are per call of a whole batch, ``throughput_ips`` is batch / median latency.
     ``compare`` adds ``e2e_ms``: ms per image of ``predict`` over ``source`` (default: the data's
-    val images). ``threads`` caps torch and onnxruntime threads in the timing processes;
+    val images). ``threads`` sets torch and onnxruntime threads for everything timed;
     ``int8_options`` go to ``leyolo.deploy.quantize.quantize``.
     """
     from tqdm import tqdm
@@ -263,16 +253,15 @@ def run_benchmark(models: Sequence[str], backends: Sequence[str] = ("torch", "on
     sizes, batches = list(dict.fromkeys(sizes)), list(dict.fromkeys(batches))
     _check_inputs(models, backends, sizes, batches, runs, warmup, passes)
     data_spec = load_data_yaml(data) if data is not None else None
-    files: list[Path] = []
-    if compare:
-        if source is None and data_spec is None:
-            raise LeyoloError("--compare needs --data (its val images) or --source")
-        files = resolve_source(source) if source is not None else split_images(data_spec, "val")
+    if compare and source is None and data_spec is None:
+        raise LeyoloError("--compare needs --data (its val images) or --source")
+    files = (resolve_source(source) if source is not None else split_images(data_spec, "val")) if compare else []
+    stems = [Path(m).stem if Path(m).suffix.lower() in MODEL_SUFFIXES else m for m in models]
+    labels = [stem if stems.count(stem) == 1 else f"{stem}-{i}" for i, stem in enumerate(stems)]
     rows: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="leyolo-bench-") as tmp:
-        prepared = [_prepare_model(spec, label, backends, sizes, Path(tmp), data, data_spec,
-                                   int8_options or {})
-                    for spec, label in zip(models, _unique_labels(models))]
+    with tempfile.TemporaryDirectory(prefix="leyolo-bench-") as tmp, _torch_threads(threads):
+        prepared = [_prepare_model(spec, label, backends, sizes, Path(tmp), data, data_spec, int8_options or {})
+                    for spec, label in zip(models, labels)]
         combos = [(m, b, s, n) for m in prepared for b in backends for s in sizes for n in batches]
         for m, b, s, n in combos:
             path = m.artefacts.get((b, s))
@@ -298,23 +287,35 @@ def run_benchmark(models: Sequence[str], backends: Sequence[str] = ("torch", "on
         scores: dict[tuple[str, str, int], dict[str, Any] | None] = {}
         for i in todo:  # accuracy and end-to-end time, after every timing pass
             m, b, s, n = combos[i]
-            if data_spec is not None:
-                if (m.label, b, s) not in scores:
-                    bar.set_postfix_str(f"val {m.label} {b} {s}px")
-                    scores[m.label, b, s] = _attempt(rows[i], "val", lambda: m.detector_for(b, s).val(
-                        data, imgsz=s, backend=ENGINES[b]))
-                    bar.update(1)
-                metrics = scores[m.label, b, s] or {}
-                rows[i]["mAP50-95"], rows[i]["mAP50"] = metrics.get("mAP50-95"), metrics.get("mAP50")
+            if data_spec is not None and (m.label, b, s) not in scores:
+                bar.set_postfix_str(f"val {m.label} {b} {s}px")
+                scores[m.label, b, s] = _attempt(rows[i], "val", lambda: m.detector_for(b, s).val(
+                    data, imgsz=s, backend=ENGINES[b]))
+                bar.update(1)
+            metrics = scores.get((m.label, b, s)) or {}
+            rows[i]["mAP50-95"], rows[i]["mAP50"] = metrics.get("mAP50-95"), metrics.get("mAP50")
             if files:
                 bar.set_postfix_str(f"predict {m.label} {b} {s}px b{n}")
                 rows[i]["e2e_ms"] = _attempt(rows[i], "predict", lambda: _end_to_end_ms(
-                    m.detector_for(b, s), b, s, n, files, passes))
+                    m.detector_for(b, s), b, s, n, files, passes, threads))
                 bar.update(1)
         bar.close()
     if out is not None:
         write_reports(rows, Path(out), data=str(data) if data else None, threads=threads)
     return rows
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int | None) -> Iterator[None]:
+    """``threads`` torch threads in this process for the block (its default pool spin-waits on a busy machine)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads or previous)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _add_note(row: dict[str, Any], text: str) -> None:
@@ -344,7 +345,6 @@ def _merge(row: dict[str, Any], result: dict[str, Any]) -> None:
         row["mem_mb"] = max(row["mem_mb"] or 0.0, result["mem_mb"])
 
 
-# ----------------------------------------------------------------------------- reports
 def machine_summary(threads: int | None = None) -> str:
     """CPU, cores and library versions: a timing means nothing without them."""
     import onnxruntime
@@ -362,11 +362,9 @@ def machine_summary(threads: int | None = None) -> str:
 def _fmt(value: Any, digits: int | None) -> str:
     if value is None or value == "":
         return "-"
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return str(value).replace("|", "/")
-    if isinstance(value, int):
-        return f"{value:,}"
-    return f"{value:.{digits if digits is not None else 3}f}"
+    if isinstance(value, float):
+        return f"{value:.{3 if digits is None else digits}f}"
+    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value).replace("|", "/")
 
 
 def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], digits: dict[str, int]) -> str:
@@ -387,9 +385,8 @@ def write_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], out: Pat
             writer.writerows({c: ("" if r.get(c) is None else r.get(c)) for c in columns} for r in rows)
 
     text = f"{header}\n\n{markdown_table(rows, columns, digits)}\n"
-    csv_path = atomic_write(out / f"{stem}.csv", write_csv)
     md_path = atomic_write(out / f"{stem}.md", lambda tmp: Path(tmp).write_text(text))
-    return csv_path, md_path
+    return atomic_write(out / f"{stem}.csv", write_csv), md_path
 
 
 def write_reports(rows: Sequence[dict[str, Any]], out: Path, *, data: str | None = None,
@@ -398,8 +395,7 @@ def write_reports(rows: Sequence[dict[str, Any]], out: Path, *, data: str | None
     header = (f"# leyolo bench\n\nmachine: {machine_summary(threads)}  \n"
               f"mAP on: {data or 'n/a (no --data)'}; latency = network only on random input, per batch call; "
               "gflops per image; mem_mb = peak RSS growth of the timing process after imports")
-    paths = list(write_table(rows, COLUMNS, out, "bench", header, DIGITS))
-    return paths + plot_reports(rows, out, data)
+    return [*write_table(rows, COLUMNS, out, "bench", header, DIGITS), *plot_reports(rows, out, data)]
 
 
 def plot_reports(rows: Sequence[dict[str, Any]], out: Path, data: str | None = None) -> list[Path]:
@@ -422,6 +418,7 @@ def plot_reports(rows: Sequence[dict[str, Any]], out: Path, data: str | None = N
     written = []
     for name, xkey, xlabel in plots:
         fig, ax = plt.subplots(figsize=(6.4, 4.4))
+        labelled: set[tuple[str, int, float]] = set()
         for backend, marker in zip(BACKEND_NAMES, "os^"):
             pts = [r for r in (scored or timed) if r["backend"] == backend]
             if not pts:
@@ -429,6 +426,9 @@ def plot_reports(rows: Sequence[dict[str, Any]], out: Path, data: str | None = N
             ax.scatter([r[xkey] for r in pts], [r[ykey] * scale for r in pts], marker=marker,
                        label=f"{backend}, on {Path(data).parent.name}" if scored and data else backend)
             for r in pts:
+                if (r["model"], r["imgsz"], r[xkey]) in labelled:  # one label where backends share a point
+                    continue
+                labelled.add((r["model"], r["imgsz"], r[xkey]))
                 ax.annotate(f"{r['model']}@{r['imgsz']}", (r[xkey], r[ykey] * scale), fontsize=7, xytext=(3, 3),
                             textcoords="offset points")
         for family in dict.fromkeys(p[0] for p in PAPER_POINTS) if scored and xkey == "gflops" else ():
@@ -449,7 +449,6 @@ def plot_reports(rows: Sequence[dict[str, Any]], out: Path, data: str | None = N
     return written
 
 
-# ---------------------------------------------------------------------------------- CLI
 def _split(text: str) -> list[str]:
     return [t.strip() for t in str(text).split(",") if t.strip()]
 
@@ -473,7 +472,7 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument("--runs", type=int, default=100, help="timed calls per combination (default 100)")
     p.add_argument("--warmup", type=int, default=10, help="untimed calls first (default 10)")
     p.add_argument("--passes", type=int, default=1, help="interleaved passes, fastest kept (default 1)")
-    p.add_argument("--threads", type=int, help="torch/onnxruntime threads (default: the libraries' own)")
+    p.add_argument("--threads", type=int, help="torch/onnxruntime threads (default: theirs; 1 is steadiest when busy)")
     p.add_argument("--data", type=Path, help="data.yaml: adds mAP (val split) and INT8 calibration (train split)")
     p.add_argument("--compare", action="store_true", help="also time end-to-end predict per image")
     p.add_argument("--source", help="images for --compare (default: the data's val images)")

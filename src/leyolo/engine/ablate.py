@@ -14,9 +14,12 @@ How "one key" is kept honest:
   scratch recipe already uses mosaic 1.0) is not trained twice: it *is* the baseline row. So
   ``--vary mosaic=0,1`` on a registered model gives 2 rows, ``--vary mosaic=0,0.5`` gives 3.
 
-Each run trains in-process (``leyolo.engine.trainer.train``) in its own folder under ``out``;
-the table (``ablation.md`` / ``ablation.csv``) is rewritten after every run, so an
-interrupted ablation keeps the rows it finished.
+Each run trains in-process (``leyolo.engine.trainer.train``) in its own folder under ``out``.
+mAP is that of ``best.safetensors`` (the final validation is reused when it scored the best
+epoch), latency is torch on one thread, one image: rows are compared with each other, and one
+thread stays steady on a busy machine. The table (``ablation.md`` / ``.csv``) is rewritten
+after every run, and a run that fails (e.g. diverges) becomes a row with a ``note``, so one bad
+value neither loses nor stops the others.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ log = logging.getLogger("leyolo")
 
 RESERVED = ("data", "project", "name", "exist_ok")  # set by the ablation itself
 COLUMNS = ("variant", "key", "value", "mAP50", "mAP50-95", "params", "gflops", "latency_ms", "file_mb", "epochs",
-           "train_s", "run_dir")
+           "train_s", "run_dir", "note")
 DIGITS = {"mAP50": 4, "mAP50-95": 4, "gflops": 3, "latency_ms": 2, "file_mb": 2, "train_s": 1}
 
 
@@ -219,22 +222,34 @@ def run_ablation(base: str | Path | dict[str, Any], vary: dict[str, list[Any]], 
     header = (f"# leyolo ablate\n\ndata: {data}; baseline: {json.dumps(variants[0].config, default=str)}; "
               f"one key changed per row, same seed; latency: torch, {latency_threads} thread(s), 1 image, "
               f"median of {latency_runs}")
+    pinned = variants[0].config
+    if "mosaic" in vary and (pinned.get("close_mosaic") or 0) >= (pinned.get("epochs") or TrainConfig.epochs):
+        caveat = (f"close_mosaic={pinned.get('close_mosaic')} >= epochs={pinned.get('epochs') or TrainConfig.epochs}: "
+                  "mosaic is switched off for every epoch, so the mosaic variants train alike")
+        log.warning(caveat)
+        header += f"\n\nwarning: {caveat}"
     rows: list[dict[str, Any]] = []
     for variant in variants:
         log.info("ablation run %d/%d: %s", len(rows) + 1, len(variants), variant.name)
         settings = dict(variant.config)
         model = str(settings.pop("model", "leyolo-n"))
         name = re.sub(r"[^\w.=+-]", "_", variant.name)[:80]
-        result = train(model, str(data), project=str(out), name=name, exist_ok=False, **settings)
+        row = {"variant": variant.name, "key": variant.key or "",
+               "value": "" if variant.key is None else show(variant.value), "note": ""}
+        try:
+            result = train(model, str(data), project=str(out), name=name, exist_ok=False, **settings)
+        except LeyoloError as exc:
+            log.warning("%s failed: %s", variant.name, exc)
+            rows.append({**row, "note": f"failed: {exc}"})
+            write_table(rows, COLUMNS, out, "ablation", header, DIGITS)
+            continue
         imgsz = int(settings.get("imgsz") or TrainConfig.imgsz)
         metrics = result["metrics"]
         if not metrics or fitness(metrics) != result["best_fitness"]:  # best.safetensors is an earlier epoch
             from ..api import load
 
             metrics = load(result["best"]).val(data, imgsz=imgsz)
-        rows.append({"variant": variant.name, "key": variant.key or "",
-                     "value": "" if variant.key is None else show(variant.value),
-                     "mAP50": metrics.get("mAP50"), "mAP50-95": metrics.get("mAP50-95"),
+        rows.append({**row, "mAP50": metrics.get("mAP50"), "mAP50-95": metrics.get("mAP50-95"),
                      **_measure(Path(result["best"]), imgsz, latency_runs, latency_threads),
                      "epochs": result["epochs"], "train_s": result["seconds"], "run_dir": result["save_dir"]})
         write_table(rows, COLUMNS, out, "ablation", header, DIGITS)
@@ -264,4 +279,4 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     rows = run_ablation(args.base, parse_vary(args.vary), args.data, out=args.out, overrides=overrides)
     print(markdown_table(rows, COLUMNS, DIGITS))
     print(f"table: {args.out / 'ablation.md'}, {args.out / 'ablation.csv'}")
-    return 0
+    return 1 if any(r["note"] for r in rows) else 0
