@@ -22,11 +22,15 @@ class LetterboxInfo:
     input_shape: tuple[int, int]  # (h, w) of the letterboxed image
 
 
+def _resized(h: int, w: int, size: int) -> tuple[float, int, int]:
+    """Scale and (w, h) that put the longest side at ``size``; thin strips keep 1 pixel."""
+    r = min(size / h, size / w)
+    return r, max(1, int(round(w * r))), max(1, int(round(h * r)))
+
+
 def letterbox_shape(shape: tuple[int, int], size: int, stride: int = 32, auto: bool = True) -> tuple[int, int]:
     """Network input (h, w) for an image of ``shape`` (h, w): longest side ``size``, padded to ``stride``."""
-    h, w = shape
-    r = min(size / h, size / w)
-    new_w, new_h = max(1, int(round(w * r))), max(1, int(round(h * r)))  # thin strips keep 1 pixel
+    _, new_w, new_h = _resized(*shape, size)
     if not auto:
         return size, size
     return new_h + (size - new_h) % stride, new_w + (size - new_w) % stride
@@ -41,8 +45,7 @@ def letterbox(
     This is the reference protocol: padding split on both sides, odd pixel at bottom/right.
     """
     h, w = image.shape[:2]
-    r = min(size / h, size / w)
-    new_w, new_h = max(1, int(round(w * r))), max(1, int(round(h * r)))  # thin strips keep 1 pixel
+    r, new_w, new_h = _resized(h, w, size)
     dw, dh = size - new_w, size - new_h
     if auto:
         dw, dh = dw % stride, dh % stride

@@ -2,9 +2,10 @@
 
 Labels come from the split's COCO json when data.yaml names one, else from YOLO txt files. They are
 scanned once (header-only image sizes, every label line checked) and the result is cached as JSON
-next to the labels, keyed by the paths, sizes and mtimes of every file involved, so an edited
-dataset is rescanned and an untouched one starts instantly. Bad lines and unreadable images are
-reported and skipped: one broken file must never end a long training run.
+in the user cache folder (``cache_root()``, never inside the dataset), keyed by the paths, sizes
+and mtimes of every file involved, so an edited dataset is rescanned and an untouched one starts
+instantly. Bad lines and unreadable images are reported and skipped: one broken file must never
+end a long training run.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from tqdm import tqdm
 
 from ..errors import LeyoloError
 from ..fileio import atomic_write
+from ..ops import xywh_to_xyxy
 from .datasets import DatasetSpec, image_size, label_path, read_yolo_labels, split_images
 from .images import read_image
 from .transforms import hsv_jitter, horizontal_flip, letterbox_train, mixup, mosaic4, random_affine, resize_long_side
@@ -91,13 +93,6 @@ def _fingerprint(files: list[Path], extra: list[Any]) -> str:
     return digest.hexdigest()
 
 
-def _xywh_norm_to_xyxy(boxes: np.ndarray) -> np.ndarray:
-    out = np.empty_like(boxes)
-    out[:, :2] = boxes[:, :2] - boxes[:, 2:] / 2
-    out[:, 2:] = boxes[:, :2] + boxes[:, 2:] / 2
-    return np.clip(out, 0.0, 1.0)
-
-
 def _progress(items: list[Path], split: str) -> tqdm:
     return tqdm(items, desc=f"scanning '{split}' labels", unit="img", disable=None, leave=False)
 
@@ -113,7 +108,7 @@ def _scan_txt(images: list[Path], nc: int, split: str) -> _Scan:
             continue
         classes, boxes, bad = read_yolo_labels(label_path(path), nc)
         problems.extend(bad)
-        records.append(LabelRecord(path, shape, classes, _xywh_norm_to_xyxy(boxes)))
+        records.append(LabelRecord(path, shape, classes, np.clip(xywh_to_xyxy(boxes), 0.0, 1.0)))
     return _Scan(records, problems, dropped)
 
 

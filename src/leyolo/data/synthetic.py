@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from ..errors import LeyoloError
+from ..ops import box_iou
 
 NAMES = ["circle", "square", "triangle"]
 
@@ -56,14 +57,6 @@ def _contrasting_colour(rng: np.random.Generator, background: np.ndarray) -> tup
     return int(colour[0]), int(colour[1]), int(colour[2])
 
 
-def _box_iou(a: np.ndarray, b: np.ndarray) -> float:
-    w = min(a[2], b[2]) - max(a[0], b[0])
-    h = min(a[3], b[3]) - max(a[1], b[1])
-    inter = max(w, 0) * max(h, 0)
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def draw_sample(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[np.ndarray]]:
     """One image with 1-5 shapes: (BGR image, boxes xyxy px [N, 4], classes [N], per-shape masks)."""
     image = _background(rng, size)
@@ -85,7 +78,7 @@ def draw_sample(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.nda
             if xs.size < 16:
                 continue
             box = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.float32)
-            if any(_box_iou(box, other) > 0.3 for other in boxes):
+            if boxes and box_iou(box[None], np.stack(boxes)).max() > 0.3:
                 continue
             colour = _contrasting_colour(rng, image[int(cy), int(cx)])
             image[mask > 0] = colour

@@ -23,7 +23,6 @@ import numpy as np
 from ..errors import LeyoloError
 
 NMS_OUTPUTS = ("num_dets", "det_boxes", "det_scores", "det_classes")
-NMS_LAYOUT = "efficient_nms"
 
 
 def simplify(proto: Any) -> Any:

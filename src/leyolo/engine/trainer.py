@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import os
 import random
 import time
@@ -110,6 +109,10 @@ class Trainer:
         torch.manual_seed(seed)
         self.rng = np.random.default_rng(seed)
         if self.config.deterministic:
+            # process-wide switches: remembered here and restored when training ends
+            self._global_flags = (torch.are_deterministic_algorithms_enabled(),
+                                  torch.is_deterministic_algorithms_warn_only_enabled(),
+                                  torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
             torch.use_deterministic_algorithms(True, warn_only=True)
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.backends.cudnn.deterministic = True
@@ -225,6 +228,15 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ loop
     def train(self) -> dict[str, Any]:
+        try:
+            return self._train()
+        finally:
+            flags = getattr(self, "_global_flags", None)
+            if flags is not None:
+                torch.use_deterministic_algorithms(flags[0], warn_only=flags[1])
+                torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = flags[2], flags[3]
+
+    def _train(self) -> dict[str, Any]:
         self.setup()
         cfg = self.config
         if not hasattr(self, "epochs"):

@@ -116,7 +116,11 @@ class PredictionWriter:
             atomic_write(self.save_dir / "labels" / f"{self._stem(result)}.txt", lambda tmp: Path(tmp).write_text(text))
         if self.save_json:
             key = self._stem(result)
-            image_id = self._image_ids.setdefault(key, int(key) if key.isdigit() else len(self._image_ids) + 1)
+            image_id = self._image_ids.get(key)
+            if image_id is None:  # COCO-style numeric stems keep their number; others take a free id
+                used = set(self._image_ids.values())
+                image_id = int(key) if key.isdigit() and int(key) not in used else max(used, default=0) + 1
+                self._image_ids[key] = image_id
             for record in result.to_coco(image_id):
                 record["file_name"] = path.name if result.frame is None else key
                 self._json.append(record)

@@ -18,15 +18,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-import torch
-
 from ..registry import ModelEntry, register_model
 from .attention import RELAN
 from .detector import DetectionModel, LayerGraphBuilder, ModelMeta
 from .heads import DecoupledHead
 from .layers import C3k2, Concat, ConvBNAct, Upsample
 from .leyolo import COCO_NAMES
-
 
 
 @dataclass(frozen=True)
