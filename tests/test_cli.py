@@ -64,7 +64,9 @@ def _error_lines(text: str) -> list[str]:
 # -- help ------------------------------------------------------------------------------------------
 
 HELP_CASES = {
-    (): ["info", "predict", "val", "export", "convert", "--version", "--quiet"],
+    # every sub-command the README documents, plug-ins included (they must be wired, not only importable)
+    (): ["info", "predict", "val", "export", "quantize", "prune", "bench", "ablate", "convert", "train", "synth",
+         "demo", "--version", "--quiet"],
     ("info",): ["--model", "--imgsz", "--json"],
     ("predict",): ["--model", "--source", "--imgsz", "--conf", "--iou", "--max-det", "--batch", "--backend",
                    "--save-dir", "--no-save", "--save-txt", "--save-json"],

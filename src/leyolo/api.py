@@ -13,6 +13,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from .data.images import VIDEO_SUFFIXES
 from .errors import LeyoloError
 from .flops import count_gflops, count_params
 from .inference.backends import BACKENDS, OnnxRuntimeBackend, OpenVinoBackend, TorchBackend, TorchScriptBackend
@@ -148,6 +149,8 @@ class Detector:
                 arrays.append(item)
                 paths.append(None)
             else:
+                if Path(item).suffix.lower() in VIDEO_SUFFIXES:
+                    raise LeyoloError(f"{item}: a video; use Detector.stream() to predict on every frame")
                 frame = next(iter_frames([Path(item)]))
                 if frame.image is None:
                     raise LeyoloError(frame.error or f"{item}: unreadable")
@@ -301,10 +304,15 @@ def _load_native(path: Path) -> Detector:
     if missing or unexpected:
         first = (missing or unexpected)[0]
         raise LeyoloError(f"{path}: weights do not fit {arch} with {len(names)} classes (e.g. {first})")
-    for key, tensor in tensors.items():
-        if tensor.shape != own[key].shape:
-            raise LeyoloError(f"{path}: weights do not fit {arch}: {key} has shape {tuple(tensor.shape)}, "
+    mismatched = [key for key, tensor in tensors.items() if tensor.shape != own[key].shape]
+    if mismatched:
+        if not (meta.get("extra") or {}).get("pruned"):
+            key = mismatched[0]
+            raise LeyoloError(f"{path}: weights do not fit {arch}: {key} has shape {tuple(tensors[key].shape)}, "
                               f"expected {tuple(own[key].shape)}")
+        from .deploy.prune import fit_to_state_dict  # channel-pruned weights: rebuild layers at the stored widths
+
+        own = fit_to_state_dict(model, tensors, str(path))
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in tensors.items()})
     model.meta.imgsz = int(meta.get("imgsz", model.meta.imgsz))
     model.meta.extra = dict(meta.get("extra", {}))

@@ -363,9 +363,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 # Modules exposing ``add_cli(subparsers)``, which adds a parser with ``set_defaults(handler=fn)``
 # where ``fn(args) -> int``. Keep their imports light: heavy dependencies load inside ``fn``.
-PLUGIN_MODULES: tuple[str, ...] = ("leyolo.bench", "leyolo.engine.ablate")
+PLUGIN_MODULES: tuple[str, ...] = ("leyolo.bench", "leyolo.engine.ablate", "leyolo.deploy.quantize",
+                                  "leyolo.deploy.prune")
 
-COMMANDS = {"train": cmd_train, "synth": cmd_synth, "demo": cmd_demo, "info": cmd_info, "predict": cmd_predict, "val": cmd_val, "export": cmd_export, "convert": cmd_convert}
+COMMANDS = {"train": cmd_train, "synth": cmd_synth, "demo": cmd_demo, "info": cmd_info, "predict": cmd_predict,
+            "val": cmd_val, "export": cmd_export, "convert": cmd_convert}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

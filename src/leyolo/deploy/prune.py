@@ -1,0 +1,319 @@
+"""Pruning: unstructured L1 (sparsity, same shapes) and structured channel pruning (smaller layers).
+
+- ``l1-unstructured`` zeroes the smallest-magnitude ``ratio`` of every conv's weights with
+  ``torch.nn.utils.prune`` and makes it permanent (``prune.remove``). Shapes do not change, so
+  dense kernels run exactly as fast as before: it only helps with sparse runtimes or compression.
+  Fine-tuning refills the zeros, so they are pruned again (same ratio) after it.
+- ``channel`` removes whole channels with torch-pruning's dependency graph, which keeps
+  depthwise groups, residual adds and neck concats consistent; ``ratio`` is the fraction of
+  channels removed from every prunable layer (FLOPs fall roughly as ``1 - (1 - ratio)^2``).
+  The head's output convs (box DFL bins, class logits) and the DFL are never pruned.
+
+A channel-pruned model has other widths than its registry architecture. Its checkpoint stays
+an ordinary leyolo ``.safetensors``: the tensors carry the new widths, ``meta.extra["pruned"]``
+records what was done (and marks the file as pruned), and ``fit_to_state_dict`` (called by
+``leyolo.load``) rebuilds convs and BatchNorms to the stored widths, so pruned models load,
+fine-tune, export and predict like any other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import LeyoloError
+
+log = logging.getLogger("leyolo")
+
+METHODS = ("l1-unstructured", "channel")
+IMPORTANCE = {"l1": 1, "l2": 2}
+# Families whose graphs torch-pruning was checked on (forward, widths, export). yolov12's attention
+# blocks were not: its dependency analysis ran for over 5 minutes without finishing.
+CHANNEL_FAMILIES = ("leyolo",)
+
+
+# ------------------------------------------------------------------------- load pruned widths
+def fit_to_state_dict(model: nn.Module, state: dict[str, torch.Tensor],
+                      where: str = "weights") -> dict[str, torch.Tensor]:
+    """Rebuild ``model``'s convs and BatchNorms (in place) to the shapes in ``state``; return its new state dict.
+
+    Only channel counts may differ: kernel sizes, strides and everything that is not a conv or
+    BatchNorm must match, depthwise convs stay depthwise, and the head must still produce
+    ``4 * bins + nc`` channels. Anything else raises ``LeyoloError``.
+    """
+    own = model.state_dict()
+    arch = getattr(getattr(model, "meta", None), "arch", type(model).__name__)
+    resized = {name: mod for name, mod in model.named_modules() if isinstance(mod, (nn.Conv2d, nn.BatchNorm2d))}
+    for key, tensor in state.items():
+        owner = key.rsplit(".", 1)[0]
+        if tensor.shape != own[key].shape and owner not in resized:
+            raise LeyoloError(f"{where}: weights do not fit {arch}: {key} has shape {tuple(tensor.shape)}, "
+                              f"expected {tuple(own[key].shape)}")
+    for name, mod in resized.items():
+        weight = state[f"{name}.weight"] if f"{name}.weight" in state else state.get(f"{name}.running_mean")
+        if weight is None:
+            continue
+        new = _resized(mod, tuple(weight.shape), f"{where}: {name}")
+        if new is not mod:
+            parent, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, attr, new)
+    head = getattr(model, "head", None)
+    if head is not None and hasattr(head, "box"):
+        for seq in list(head.box) + list(head.cls):
+            expected = head.nc if any(seq is c for c in head.cls) else 4 * head.bins
+            if seq[-1].out_channels != expected:
+                raise LeyoloError(f"{where}: weights do not fit {arch}: a head output has {seq[-1].out_channels} "
+                                  f"channels, expected {expected}")
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, 64, 64, dtype=next(model.parameters()).dtype))
+    except RuntimeError as exc:
+        raise LeyoloError(f"{where}: weights do not fit {arch}: layer widths are inconsistent "
+                          f"({str(exc).splitlines()[0][:120]})") from None
+    return model.state_dict()
+
+
+def _resized(mod: nn.Module, shape: tuple[int, ...], where: str) -> nn.Module:
+    """A fresh conv/BN with the stored shape, or ``mod`` itself when nothing changed."""
+    if isinstance(mod, nn.BatchNorm2d):
+        if shape[0] == mod.num_features:
+            return mod
+        return nn.BatchNorm2d(shape[0], mod.eps, mod.momentum, mod.affine, mod.track_running_stats)
+    out_c, in_per_group, kh, kw = shape
+    if (kh, kw) != tuple(mod.kernel_size):
+        raise LeyoloError(f"{where} has a {kh}x{kw} kernel, expected {mod.kernel_size[0]}x{mod.kernel_size[1]}")
+    if (out_c, in_per_group) == (mod.out_channels, mod.in_channels // mod.groups):
+        return mod
+    depthwise = mod.groups > 1 and mod.groups == mod.in_channels == mod.out_channels
+    if depthwise:
+        if in_per_group != 1:
+            raise LeyoloError(f"{where} was depthwise, but the stored weight has {in_per_group} inputs per group")
+        groups, c_in = out_c, out_c
+    else:
+        groups, c_in = mod.groups, in_per_group * mod.groups
+    conv = nn.Conv2d(c_in, out_c, mod.kernel_size, mod.stride, mod.padding, mod.dilation, groups,
+                     mod.bias is not None, mod.padding_mode)
+    conv.requires_grad_(mod.weight.requires_grad)
+    return conv
+
+
+# ---------------------------------------------------------------------------------- pruning
+def head_outputs(model: nn.Module) -> list[nn.Module]:
+    """The convs that must keep their widths: every branch's output conv and the DFL."""
+    head = getattr(model, "head", None)
+    if head is None or not hasattr(head, "box"):
+        raise LeyoloError(f"{type(model).__name__}: pruning needs a detection model with a dense head")
+    return [seq[-1] for seq in list(head.box) + list(head.cls)] + [head.dfl.conv]
+
+
+def prunable_convs(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
+    """Convs whose weights pruning may touch (all but the head outputs and the DFL)."""
+    keep = {id(m) for m in head_outputs(model)}
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and id(m) not in keep]
+
+
+def l1_unstructured(model: nn.Module, ratio: float) -> nn.Module:
+    """Zero the ``ratio`` smallest-|w| weights of every prunable conv, permanently (in place)."""
+    from torch.nn.utils import prune
+
+    for _, conv in prunable_convs(model):
+        prune.l1_unstructured(conv, "weight", amount=ratio)
+        prune.remove(conv, "weight")
+    return model
+
+
+def weight_sparsity(model: nn.Module) -> float:
+    """Fraction of exact zeros in the prunable conv weights."""
+    weights = [m.weight.detach() for _, m in prunable_convs(model)]
+    return float(sum(int((w == 0).sum()) for w in weights) / max(sum(w.numel() for w in weights), 1))
+
+
+def _every_layer_forward(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """Head maps plus the outputs of layers that feed nothing (published medium), so those get pruned too."""
+    outputs: dict[int, torch.Tensor] = {}
+    prev = x
+    for i, layer in enumerate(model.layers):
+        src = model.sources[i]
+        if isinstance(src, tuple):
+            inp = [prev if s == -1 else outputs[s] for s in src]
+        else:
+            inp = prev if src == -1 else outputs[src]
+        prev = outputs[i] = layer(inp)
+    used = {s for src in model.sources for s in (src if isinstance(src, tuple) else (src,)) if s >= 0}
+    used |= {i - 1 for i, src in enumerate(model.sources) if src == -1 or (isinstance(src, tuple) and -1 in src)}
+    dead = [outputs[i] for i in range(len(model.layers)) if i not in used and i not in model.head_sources]
+    return list(model.head([outputs[i] for i in model.head_sources])) + dead
+
+
+def channel_prune(model: nn.Module, ratio: float, importance: str = "l2", round_to: int = 8) -> nn.Module:
+    """Remove ``ratio`` of the channels of every prunable layer (in place) with torch-pruning."""
+    try:
+        import torch_pruning as tp
+    except ImportError as exc:
+        raise LeyoloError("channel pruning needs torch-pruning: pip install torch-pruning") from exc
+    arch = str(getattr(getattr(model, "meta", None), "arch", ""))
+    if not arch.startswith(CHANNEL_FAMILIES):
+        raise LeyoloError(f"channel pruning is verified for {', '.join(CHANNEL_FAMILIES)} models only, not {arch} "
+                          "(use --method l1-unstructured)")
+    model.eval()
+    example = torch.zeros(1, 3, 64, 64, dtype=next(model.parameters()).dtype)
+    pruner = tp.pruner.MetaPruner(
+        model, example, importance=tp.importance.MagnitudeImportance(p=IMPORTANCE[importance]),
+        pruning_ratio=ratio, ignored_layers=head_outputs(model), round_to=round_to,
+        forward_fn=_every_layer_forward,
+    )
+    pruner.step()
+    try:
+        with torch.no_grad():
+            model(example)
+    except RuntimeError as exc:  # a dependency torch-pruning missed: refuse rather than save a broken model
+        raise LeyoloError(f"channel pruning produced inconsistent widths ({str(exc).splitlines()[0][:120]})") from None
+    return model
+
+
+# ---------------------------------------------------------------------------------- report
+def torch_latency_ms(model: nn.Module, imgsz: int, runs: int = 20) -> float:
+    """Eager PyTorch (BatchNorm folded, decode included, no pre/post-processing), one image."""
+    from ..inference.backends import TorchBackend
+    from .quantize import median_latency_ms
+
+    backend = TorchBackend(model)
+    x = np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32)
+    return median_latency_ms(lambda: backend(x), runs, warmup=3)
+
+
+def measure(detector: Any, label: str, imgsz: int, data: Any, work: Path, runs: int) -> dict[str, Any]:
+    """Params, GFLOPs, file size, torch and onnxruntime latency and (with ``data``) val mAP."""
+    from ..data.datasets import load_data_yaml
+    from ..flops import count_gflops, count_params
+    from .export import export_onnx
+    from .quantize import onnx_latency_ms
+
+    model = detector.model
+    saved = detector.save(work / f"{label}.safetensors")
+    onnx_path = export_onnx(model, work / f"{label}.onnx", imgsz, dynamic=False)
+    row = {"model": label, "params": count_params(model), "gflops": count_gflops(model, imgsz),
+           "size_mb": saved.stat().st_size / 1e6, "sparsity": weight_sparsity(model),
+           "torch_ms": torch_latency_ms(model, imgsz, runs), "ort_ms": onnx_latency_ms(onnx_path, imgsz, runs)}
+    if data is not None and len(load_data_yaml(data).names) == len(detector.names):  # else fine-tuning re-heads it
+        metrics = detector.val(data, imgsz=imgsz)
+        row.update({"mAP50-95": metrics["mAP50-95"], "mAP50": metrics["mAP50"]})
+    return row
+
+
+def _check(method: str, ratio: float, finetune_epochs: int, data: Any, imgsz: int, importance: str) -> None:
+    if method not in METHODS:
+        raise LeyoloError(f"unknown pruning method {method!r} (choose from {', '.join(METHODS)})")
+    if not 0.0 < ratio < 1.0:
+        raise LeyoloError(f"--ratio must be between 0 and 1 (exclusive), got {ratio}")
+    if importance not in IMPORTANCE:
+        raise LeyoloError(f"unknown importance {importance!r} (l1 or l2)")
+    if finetune_epochs < 0:
+        raise LeyoloError(f"--finetune-epochs must be >= 0, got {finetune_epochs}")
+    if finetune_epochs and data is None:
+        raise LeyoloError("--finetune-epochs needs --data (a data.yaml)")
+    if data is not None and not Path(data).is_file():
+        raise LeyoloError(f"{data}: no such dataset description")
+    if imgsz <= 0 or imgsz % 32:
+        raise LeyoloError(f"--imgsz must be a positive multiple of 32, got {imgsz}")
+
+
+def prune(model: Any, method: str = "channel", ratio: float = 0.3, *, data: str | Path | None = None,
+          finetune_epochs: int = 0, imgsz: int | None = None, out: str | Path | None = None, importance: str = "l2",
+          round_to: int = 8, runs: int = 20, evaluate: bool = True, **train_overrides: Any) -> dict[str, Any]:
+    """Prune ``model`` (name, weights file or ``Detector``), optionally fine-tune, save, and compare.
+
+    ``train_overrides`` go to ``leyolo.engine.trainer.train`` (``batch``, ``workers``, ``lr0``...).
+    Returns ``out`` (the saved model), ``rows`` (original, pruned, fine-tuned: params, GFLOPs,
+    size, latency, sparsity, mAP) and ``table`` (Markdown).
+    """
+    from ..api import Detector, load
+
+    detector = model if isinstance(model, Detector) else load(model)
+    base = detector._require_model("pruning")
+    imgsz = int(imgsz or detector.meta.imgsz)
+    _check(method, ratio, finetune_epochs, data, imgsz, importance)
+    out = Path(out) if out is not None else Path(f"{base.meta.arch}-{method}-{ratio:g}.safetensors")
+    if out.suffix.lower() != ".safetensors":
+        raise LeyoloError(f"{out}: the pruned model is saved as .safetensors")
+    pruned = copy.deepcopy(base).float().cpu().eval()
+    if method == "l1-unstructured":
+        l1_unstructured(pruned, ratio)
+    else:
+        channel_prune(pruned, ratio, importance, round_to)
+    record = {"method": method, "ratio": ratio, "importance": importance if method == "channel" else "l1",
+              "round_to": round_to if method == "channel" else None, "finetune_epochs": finetune_epochs}
+    pruned.meta.extra = dict(base.meta.extra) | {"pruned": record}
+    pruned.meta.imgsz = imgsz
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="leyolo-prune-") as tmp:
+        work = Path(tmp)
+        evaluated = data if evaluate else None
+        rows.append(measure(Detector(copy.deepcopy(base).float().cpu().eval()), "original", imgsz, evaluated, work,
+                            runs))
+        result = Detector(pruned).save(out if not finetune_epochs else work / "pruned-input.safetensors")
+        rows.append(measure(load(result), f"{method} {ratio:g}", imgsz, evaluated, work, runs))
+        if finetune_epochs:
+            from ..engine.trainer import train
+
+            overrides = {"project": str(out.parent / "runs"), "name": f"{out.stem}-finetune", "imgsz": imgsz,
+                         **train_overrides}
+            trained = train(str(result), str(data), epochs=finetune_epochs, **overrides)
+            tuned = load(trained["best"])
+            if method == "l1-unstructured":  # training refills the zeros: prune the tuned weights again
+                l1_unstructured(tuned.model, ratio)
+            tuned.model.meta.extra = dict(pruned.meta.extra)
+            tuned.model.meta.imgsz = imgsz
+            result = tuned.save(out)
+            rows.append(measure(load(result), f"+ fine-tune {finetune_epochs} ep", imgsz, evaluated, work, runs))
+    columns = [("model", "model", ""), ("params", "params", ","), ("gflops", f"GFLOPs@{imgsz}", ".3f"),
+               ("size_mb", "size MB", ".2f"), ("sparsity", "zero weights", ".1%"), ("torch_ms", "torch ms", ".1f"),
+               ("ort_ms", "onnxruntime ms", ".1f"), ("mAP50-95", "mAP50-95", ".4f"), ("mAP50", "mAP50", ".4f")]
+    from .quantize import markdown_table
+
+    return {"out": str(result), "method": method, "ratio": ratio, "imgsz": imgsz, "rows": rows,
+            "table": markdown_table(rows, columns), "record": record}
+
+
+# ----------------------------------------------------------------------------------------- CLI
+def add_cli(subparsers: Any) -> None:
+    """``leyolo prune``."""
+    p = subparsers.add_parser("prune", help="prune a model (L1 unstructured or channels), optionally fine-tune",
+                              description="Prune, optionally fine-tune, save as .safetensors, and compare with the "
+                                          "original (params, GFLOPs, size, latency, mAP).")
+    p.add_argument("--model", "-m", required=True, help="model name, .pt or .safetensors weights")
+    p.add_argument("--method", default="channel", help="channel (default) | l1-unstructured")
+    p.add_argument("--ratio", type=float, default=0.3, help="fraction of channels (or weights) removed (default 0.3)")
+    p.add_argument("--importance", default="l2", help="channel importance: l2 (default) or l1 weight norm")
+    p.add_argument("--data", type=Path, help="data.yaml for fine-tuning and the mAP comparison")
+    p.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune the pruned model this many epochs")
+    p.add_argument("--batch", type=int, help="fine-tuning batch size (default 16)")
+    p.add_argument("--workers", type=int, help="fine-tuning data-loading processes (default 2)")
+    p.add_argument("--teacher", help="distil from this model while fine-tuning (e.g. the unpruned weights)")
+    p.add_argument("--imgsz", type=int, help="image size for fine-tuning, GFLOPs, latency and mAP (default: model's)")
+    p.add_argument("--out", type=Path, help="output .safetensors (default <arch>-<method>-<ratio>.safetensors)")
+    p.add_argument("--runs", type=int, default=20, help="timed runs for the median latencies (default 20)")
+    p.add_argument("--no-val", action="store_true", help="skip the mAP comparison")
+    p.set_defaults(handler=cmd_prune)
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    overrides = {k: getattr(args, k) for k in ("batch", "workers", "teacher") if getattr(args, k) is not None}
+    if args.finetune_epochs:
+        logging.getLogger("leyolo").setLevel(logging.WARNING if args.quiet else logging.INFO)
+    result = prune(args.model, args.method, args.ratio, data=args.data, finetune_epochs=args.finetune_epochs,
+                   imgsz=args.imgsz, out=args.out, importance=args.importance, runs=args.runs,
+                   evaluate=not args.no_val, **overrides)
+    print(result["table"])
+    if args.method == "l1-unstructured":
+        print("note: unstructured zeros keep every shape; dense CPU/GPU kernels run no faster")
+    print(f"wrote {result['out']}")
+    return 0

@@ -1,0 +1,169 @@
+"""Pruning (``leyolo.deploy.prune``): L1 unstructured sparsity, torch-pruning channel pruning, save/load/export.
+
+Channel pruning is checked on the published nano, whose graph has everything a dependency
+graph can get wrong: depthwise convs, residual adds in the inverted bottlenecks, and concats
+in the SPPF and the neck.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+import leyolo
+from leyolo import cli
+from leyolo.api import Detector
+from leyolo.deploy.prune import (channel_prune, fit_to_state_dict, l1_unstructured, prunable_convs, prune,
+                                 weight_sparsity)
+from leyolo.errors import LeyoloError
+from leyolo.flops import count_gflops, count_params
+from leyolo.models.detector import DecodedModel
+from leyolo.models.layers import InvertedBottleneck
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+WEIGHTS = SHARED / "weights" / "LeYOLONano.pt"
+DATA = SHARED / "datasets" / "coco-mini" / "data.yaml"
+
+needs_shared = pytest.mark.skipif(not (WEIGHTS.exists() and DATA.exists()),
+                                  reason="needs ../shared (published nano weights and coco-mini)")
+
+
+def _val_image() -> Path:
+    return sorted((DATA.parent / "images" / "val2017").glob("*.jpg"))[0]
+
+
+@pytest.fixture(scope="module")
+def nano():
+    return leyolo.load(WEIGHTS)
+
+
+@pytest.fixture(scope="module")
+def channel_pruned(nano, tmp_path_factory):
+    out = tmp_path_factory.mktemp("prune") / "nano-channel.safetensors"
+    return prune(nano, "channel", 0.3, imgsz=320, out=out, runs=1, evaluate=False)
+
+
+@needs_shared
+def test_l1_unstructured_zeroes_weights_keeps_shapes(nano):
+    model = copy.deepcopy(nano.model)
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    l1_unstructured(model, 0.3)
+    assert {k: v.shape for k, v in model.state_dict().items()} == shapes
+    assert not any(k.endswith(("weight_orig", "weight_mask")) for k in model.state_dict())  # made permanent
+    assert weight_sparsity(model) == pytest.approx(0.3, abs=0.01)
+    for _, conv in prunable_convs(model):
+        assert (conv.weight == 0).float().mean().item() == pytest.approx(0.3, abs=0.05)
+    head = model.head
+    assert (head.cls[0][-1].weight != 0).all()  # head output convs untouched
+    result = Detector(model).predict(_val_image(), imgsz=320)[0]
+    assert len(result.boxes) > 0
+
+
+@needs_shared
+def test_channel_pruning_respects_graph_and_cuts_flops(nano, channel_pruned):
+    base, row = channel_pruned["rows"]
+    assert row["gflops"] <= 0.75 * base["gflops"] and row["params"] < base["params"]
+    detector = leyolo.load(channel_pruned["out"])  # rebuilt from the stored widths
+    model = detector.model
+    assert count_params(model) == row["params"]
+    assert count_gflops(model, 320) == pytest.approx(row["gflops"])
+    assert detector.meta.extra["pruned"]["method"] == "channel"
+    for block in model.modules():
+        if isinstance(block, InvertedBottleneck):
+            dw = block.depthwise.conv
+            assert dw.groups == dw.in_channels == dw.out_channels  # depthwise stays depthwise
+            c_in = block.expand.conv.in_channels if block.expand is not None else dw.in_channels
+            if block.residual:
+                assert c_in == block.project.out_channels  # residual add still shape-consistent
+    assert model.layers[1].conv.out_channels < nano.model.layers[1].conv.out_channels
+    with torch.no_grad():
+        for size in (64, 320):
+            maps = model.eval()(torch.rand(1, 3, size, size))
+            assert [m.shape[1] for m in maps] == [64 + 80] * 3
+            assert maps[0].shape[-1] == size // 8
+
+
+@needs_shared
+def test_pruned_model_exports_with_parity_and_predicts(channel_pruned, tmp_path):
+    detector = leyolo.load(channel_pruned["out"])
+    path = detector.export(tmp_path / "pruned.onnx", imgsz=320)
+    x = np.random.default_rng(0).random((1, 3, 320, 320), dtype=np.float32)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"images": x})[0]
+    with torch.no_grad():
+        want = DecodedModel(copy.deepcopy(detector.model).eval()).eval()(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got[:, :4], want[:, :4], atol=1e-2, rtol=1e-4)
+    np.testing.assert_allclose(got[:, 4:], want[:, 4:], atol=1e-4)
+    image = cv2.imread(str(_val_image()))
+    assert leyolo.load(path).predict(image, imgsz=320)[0].boxes.shape[1] == 4
+    assert detector.predict(image, imgsz=320, conf=0.0001)[0].boxes.shape[1] == 4
+
+
+@needs_shared
+def test_inconsistent_widths_are_refused(channel_pruned):
+    tensors = leyolo.load(channel_pruned["out"]).model.state_dict()
+    broken = dict(tensors)
+    key = "layers.5.project.weight"
+    broken[key] = broken[key][:-8]  # 8 fewer output channels than the residual add / BN expect
+    with pytest.raises(LeyoloError, match="do not fit"):
+        fit_to_state_dict(leyolo.load("leyolo-n").model, broken)
+    wrong_kernel = dict(tensors)
+    wrong_kernel["layers.0.conv.weight"] = torch.zeros(16, 3, 5, 5)
+    with pytest.raises(LeyoloError, match="kernel"):
+        fit_to_state_dict(leyolo.load("leyolo-n").model, wrong_kernel)
+
+
+def test_bad_prune_inputs(tmp_path):
+    with pytest.raises(LeyoloError, match="unknown pruning method"):
+        prune("leyolo-n", "magic", 0.3, imgsz=64)
+    with pytest.raises(LeyoloError, match="--ratio"):
+        prune("leyolo-n", "channel", 1.5, imgsz=64)
+    with pytest.raises(LeyoloError, match="needs --data"):
+        prune("leyolo-n", "channel", 0.3, finetune_epochs=1, imgsz=64)
+    other = leyolo.load("leyolo-n").model
+    other.meta.arch = "yolov12-n"  # a family torch-pruning was not verified on
+    with pytest.raises(LeyoloError, match="verified for leyolo"):
+        channel_prune(other, 0.3)
+
+
+def _tiny_dataset(root: Path) -> Path:
+    """8 train (= val) images of 64 px with a square or a disc each, YOLO txt labels."""
+    rng = np.random.default_rng(0)
+    for sub in ("images", "labels"):
+        (root / sub).mkdir(parents=True)
+    for i in range(8):
+        img = np.full((64, 64, 3), 40, np.uint8)
+        cx, cy, r = (int(v) for v in (*rng.integers(16, 48, 2), rng.integers(7, 12)))
+        if i % 2:
+            cv2.circle(img, (cx, cy), r, (255, 120, 0), -1)
+        else:
+            cv2.rectangle(img, (cx - r, cy - r), (cx + r, cy + r), (0, 200, 255), -1)
+        cv2.imwrite(str(root / "images" / f"{i}.png"), img)
+        (root / "labels" / f"{i}.txt").write_text(f"{i % 2} {cx / 64} {cy / 64} {2 * r / 64} {2 * r / 64}\n")
+    (root / "data.yaml").write_text("path: .\ntrain: images\nval: images\nnames: [square, disc]\n")
+    return root / "data.yaml"
+
+
+def test_prune_cli_finetunes_on_tiny_dataset(tmp_path, monkeypatch, capsys):
+    data = _tiny_dataset(tmp_path / "data")
+    out = tmp_path / "pruned.safetensors"
+    monkeypatch.setattr(cli, "PLUGIN_MODULES", tuple(dict.fromkeys((*cli.PLUGIN_MODULES, "leyolo.deploy.prune"))))
+    rc = cli.main(["prune", "--model", "leyolo-n", "--method", "channel", "--ratio", "0.3", "--data", str(data),
+                   "--finetune-epochs", "1", "--imgsz", "64", "--batch", "4", "--workers", "0", "--runs", "1",
+                   "--out", str(out), "-q"])
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert rc == 0, captured.err
+    assert "+ fine-tune 1 ep" in printed and out.exists()
+    tuned = leyolo.load(out)
+    assert tuned.names == ["square", "disc"] and tuned.meta.extra["pruned"]["ratio"] == 0.3
+    assert count_params(tuned.model) < count_params(leyolo.load("leyolo-n").model) * 0.7
+    assert isinstance(tuned.model.head.cls[0][-1], nn.Conv2d) and tuned.model.head.cls[0][-1].out_channels == 2
+    assert rc == 0 and cli.main(["prune", "--model", "leyolo-n", "--method", "magic"]) == 1
