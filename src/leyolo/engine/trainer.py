@@ -95,13 +95,9 @@ class Trainer:
         if "," in spec:
             raise LeyoloError(f"--device {spec} names several devices: start with "
                               f"'torchrun --nproc_per_node {len(spec.split(','))} -m leyolo train ...'")
-        try:
-            device = torch.device(spec)
-        except RuntimeError as exc:
-            raise LeyoloError(f"unknown device {spec!r}") from exc
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise LeyoloError("--device cuda requested but CUDA is not available")
-        return device
+        from ..inference.backends import torch_device
+
+        return torch_device(spec)
 
     def _seed(self, seed: int) -> None:
         random.seed(seed)

@@ -69,7 +69,8 @@ def _one_by_one(run: Callable[[np.ndarray], Output], batch: np.ndarray) -> Outpu
     return np.concatenate(parts) if isinstance(parts[0], np.ndarray) else NmsBatch.concat(parts)
 
 
-def _torch_device(device: str) -> torch.device:
+def torch_device(device: str) -> torch.device:
+    """Parse a device string, with a one-line error for unknown or unavailable devices."""
     try:
         dev = torch.device(device)
     except RuntimeError as exc:
@@ -87,7 +88,7 @@ class TorchBackend:
     nms = None
 
     def __init__(self, model: DetectionModel, device: str = "cpu") -> None:
-        self.device = _torch_device(device)
+        self.device = torch_device(device)
         fused = copy.deepcopy(model).eval().fuse()
         # channels-last runs the depthwise convolutions far faster on CPU (oneDNN)
         self.model = DecodedModel(fused).to(self.device, memory_format=torch.channels_last)
@@ -112,7 +113,7 @@ class TorchScriptBackend:
     fixed_hw = None  # the trace is shape-generic
 
     def __init__(self, module: torch.jit.ScriptModule, device: str = "cpu") -> None:
-        if _torch_device(device).type != "cpu":
+        if torch_device(device).type != "cpu":
             raise LeyoloError("the torchscript backend runs on CPU only; use --backend torch for other devices")
         self.module = module
 
