@@ -273,7 +273,8 @@ def prune(model: Any, method: str = "channel", ratio: float = 0.3, *, data: str 
             tuned.model.meta.extra = dict(pruned.meta.extra)
             tuned.model.meta.imgsz = imgsz
             result = tuned.save(out)
-            rows.append(measure(load(result), f"+ fine-tune {finetune_epochs} ep", imgsz, evaluated, work, runs))
+            epochs = int(trained.get("epochs", finetune_epochs))  # a --time budget may stop it earlier
+            rows.append(measure(load(result), f"+ fine-tune {epochs} ep", imgsz, evaluated, work, runs))
     columns = [("model", "model", ""), ("params", "params", ","), ("gflops", f"GFLOPs@{imgsz}", ".3f"),
                ("size_mb", "size MB", ".2f"), ("sparsity", "zero weights", ".1%"), ("torch_ms", "torch ms", ".1f"),
                ("ort_ms", "onnxruntime ms", ".1f"), ("mAP50-95", "mAP50-95", ".4f"), ("mAP50", "mAP50", ".4f")]

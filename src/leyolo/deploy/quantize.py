@@ -62,7 +62,7 @@ def _ort_quantization():
 
 # ---------------------------------------------------------------------------------- calibration
 def calibration_images(data: str | Path, n: int) -> tuple[list[Path], dict[str, int]]:
-    """Up to ``n`` image paths: the train split first, then val; and how many came from each."""
+    """Up to ``n`` image paths (evenly spaced): the train split first, then val; how many came from each."""
     from ..data.datasets import load_data_yaml, split_images
 
     spec = load_data_yaml(data)
@@ -71,7 +71,9 @@ def calibration_images(data: str | Path, n: int) -> tuple[list[Path], dict[str, 
     for split in ("train", "val"):
         if len(picked) >= n or split not in spec.splits:
             continue
-        take = split_images(spec, split)[: n - len(picked)]
+        files = split_images(spec, split)
+        want = min(n - len(picked), len(files))  # evenly spaced: sorted names can group similar scenes
+        take = [files[int(i)] for i in np.linspace(0, len(files) - 1, want)] if want < len(files) else files
         picked += take
         counts[split] = len(take)
     if not picked:
@@ -100,14 +102,13 @@ def _reader(load: Callable[[int], np.ndarray], count: int, input_name: str):
 
     class Reader(ortq.CalibrationDataReader):
         def __init__(self) -> None:
-            self.start, self.end = 0, count
-            self.i = 0
+            self.i, self.end = 0, count
 
         def __len__(self) -> int:
             return count
 
         def set_range(self, start_index: int, end_index: int) -> None:
-            self.start, self.end, self.i = start_index, min(end_index, count), start_index
+            self.i, self.end = start_index, min(end_index, count)
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             if self.i >= self.end:
@@ -259,6 +260,23 @@ def _float_onnx(detector: Any, imgsz: int, work: Path) -> Path:
     return Path(detector.onnx_path)
 
 
+def _pre_process(src: Path, dst: Path) -> None:
+    """ORT's recommended pre-processing.
+
+    Symbolic shape inference is skipped for dynamic-shape inputs: it cannot complete on them
+    and, when it fails, ORT drops debug files into the working directory.
+    """
+    import onnx
+
+    ortq = _ort_quantization()
+    dims = onnx.load(str(src), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+    dynamic = any(d.dim_param or d.dim_value <= 0 for d in dims)
+    try:
+        ortq.shape_inference.quant_pre_process(str(src), str(dst), skip_symbolic_shape=dynamic)
+    except Exception as exc:  # ORT raises assorted errors on graphs it cannot infer
+        raise LeyoloError(f"quant_pre_process failed on the fp32 model ({type(exc).__name__}: {exc})") from exc
+
+
 def _stamp(src: Path, dst: Path, float_path: Path, record: dict[str, Any], half: bool) -> Path:
     """Copy ``src`` to ``dst`` atomically with the float model's leyolo metadata plus ``quantization``."""
     import onnx
@@ -322,10 +340,7 @@ def quantize(model: Any, data: str | Path | None = None, *, method: str = "stati
         work = Path(tmp)
         fp32 = _float_onnx(detector, imgsz, work)
         pre = work / "pre.onnx"
-        try:
-            ortq.shape_inference.quant_pre_process(str(fp32), str(pre))
-        except Exception as exc:  # ORT raises assorted errors on graphs it cannot infer
-            raise LeyoloError(f"quant_pre_process failed on the fp32 model ({type(exc).__name__}: {exc})") from exc
+        _pre_process(fp32, pre)
         proto = onnx.load(str(pre))
         input_name = proto.graph.input[0].name
         heads = quant_graph.head_output_convs(proto)
