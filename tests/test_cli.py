@@ -15,14 +15,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from shared_data import HAVE_SHARED, NANO, VAL_IMAGES
 
 import leyolo
 from leyolo.cli import main
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-NANO = SHARED / "weights" / "LeYOLONano.pt"
-VAL_IMAGES = SHARED / "datasets" / "coco-mini" / "images" / "val2017"
-HAVE_SHARED = NANO.is_file() and VAL_IMAGES.is_dir()
 MODEL = str(NANO) if HAVE_SHARED else "leyolo-n"
 IMGSZ = "320"
 

@@ -17,7 +17,7 @@ from leyolo.errors import LeyoloError
 from leyolo.structures import Results
 
 NAMES = ["cat", "dog", "bird"]
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+from shared_data import SHARED
 
 
 def _results(boxes: list[list[float]], classes: list[int], scores: list[float] | None = None,

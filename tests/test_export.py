@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
+from shared_data import COCO_MINI, HAVE_SHARED, NANO, needs_shared, sample_conf, sample_detector, sample_images
 
 import leyolo
 from leyolo.cli import main
@@ -23,42 +23,22 @@ from leyolo.errors import LeyoloError
 from leyolo.inference.backends import OnnxRuntimeBackend, OpenVinoBackend, TorchBackend, TorchScriptBackend
 from leyolo.ops import postprocess
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-NANO = SHARED / "weights" / "LeYOLONano.pt"
-COCO_MINI = SHARED / "datasets" / "coco-mini"
-VAL_IMAGES = COCO_MINI / "images" / "val2017"
-HAVE_SHARED = NANO.is_file() and VAL_IMAGES.is_dir()
-needs_shared = pytest.mark.skipif(not HAVE_SHARED, reason=f"published nano / coco-mini not found under {SHARED}")
 IMGSZ = 320
-
-
-def _synthetic(seed: int, h: int, w: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    img = rng.integers(90, 150, (h, w, 3), dtype=np.uint8)
-    for _ in range(4):
-        x, y = int(rng.integers(40, w - 40)), int(rng.integers(40, h - 40))
-        cv2.circle(img, (x, y), int(rng.integers(15, 40)), tuple(int(c) for c in rng.integers(0, 255, 3)), -1)
-    return img
 
 
 @pytest.fixture(scope="module")
 def detector() -> leyolo.Detector:
-    if HAVE_SHARED:
-        return leyolo.load(NANO)
-    torch.manual_seed(0)
-    return leyolo.load("leyolo-n")
+    return sample_detector()
 
 
 @pytest.fixture(scope="module")
 def conf() -> float:
-    return 0.25 if HAVE_SHARED else 0.001  # an untrained head scores everything near its prior
+    return sample_conf()
 
 
 @pytest.fixture(scope="module")
 def images() -> list[np.ndarray]:
-    if HAVE_SHARED:
-        return [cv2.imread(str(p)) for p in sorted(VAL_IMAGES.glob("*.jpg"))[:3]]
-    return [_synthetic(0, 360, 480), _synthetic(1, 480, 320), _synthetic(2, 300, 300)]
+    return sample_images()
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,6 @@ from leyolo.ops import (
 )
 from leyolo.structures import Results
 
-
 # -- boxes ----------------------------------------------------------------------------------
 
 def test_iou_by_hand():

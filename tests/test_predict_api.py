@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from shared_data import HAVE_SHARED, needs_shared, sample_conf, sample_detector, sample_images
 
 import leyolo
 from leyolo.errors import LeyoloError
@@ -16,43 +17,20 @@ from leyolo.inference.predictor import PredictConfig, Predictor
 from leyolo.models.detector import DecodedModel
 from leyolo.structures import Results
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-NANO = SHARED / "weights" / "LeYOLONano.pt"
-VAL_IMAGES = SHARED / "datasets" / "coco-mini" / "images" / "val2017"
-HAVE_SHARED = NANO.is_file() and VAL_IMAGES.is_dir()
-needs_shared = pytest.mark.skipif(not HAVE_SHARED, reason=f"published nano / coco-mini not found under {SHARED}")
-
-
-def _synthetic(seed: int, h: int = 360, w: int = 480) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    img = rng.integers(90, 150, (h, w, 3), dtype=np.uint8)
-    for _ in range(4):
-        x1, y1 = int(rng.integers(0, w - 80)), int(rng.integers(0, h - 80))
-        color = tuple(int(c) for c in rng.integers(0, 255, 3))
-        cv2.circle(img, (x1 + 40, y1 + 40), int(rng.integers(15, 40)), color, -1)
-    return img
-
 
 @pytest.fixture(scope="module")
 def detector() -> leyolo.Detector:
-    """The published nano when available, else an untrained leyolo-n (deterministic init)."""
-    if HAVE_SHARED:
-        return leyolo.load(NANO)
-    torch.manual_seed(0)
-    return leyolo.load("leyolo-n")
+    return sample_detector()
 
 
 @pytest.fixture(scope="module")
 def conf() -> float:
-    return 0.25 if HAVE_SHARED else 0.001  # an untrained head scores everything near its prior
+    return sample_conf()
 
 
 @pytest.fixture(scope="module")
 def images() -> list[np.ndarray]:
-    """Three BGR images of different shapes (coco-mini val photos when available)."""
-    if HAVE_SHARED:
-        return [cv2.imread(str(p)) for p in sorted(VAL_IMAGES.glob("*.jpg"))[:3]]
-    return [_synthetic(0, 360, 480), _synthetic(1, 480, 320), _synthetic(2, 300, 300)]
+    return sample_images()
 
 
 @pytest.fixture(scope="module")

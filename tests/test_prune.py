@@ -15,24 +15,28 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from shared_data import COCO_DATA as DATA
+from shared_data import NANO as WEIGHTS
+from shared_data import needs_shared
 from torch import nn
 
 import leyolo
 from leyolo import cli
 from leyolo.api import Detector
-from leyolo.deploy.prune import (channel_prune, fit_to_state_dict, l1_unstructured, prunable_convs, prune,
-                                 weight_sparsity)
+from leyolo.deploy.prune import (
+    calibration_batches,
+    channel_prune,
+    fit_to_state_dict,
+    l1_unstructured,
+    prunable_convs,
+    prune,
+    recalibrate_batchnorm,
+    weight_sparsity,
+)
 from leyolo.errors import LeyoloError
 from leyolo.flops import count_gflops, count_params
 from leyolo.models.detector import DecodedModel
 from leyolo.models.layers import InvertedBottleneck
-
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-WEIGHTS = SHARED / "weights" / "LeYOLONano.pt"
-DATA = SHARED / "datasets" / "coco-mini" / "data.yaml"
-
-needs_shared = pytest.mark.skipif(not (WEIGHTS.exists() and DATA.exists()),
-                                  reason="needs ../shared (published nano weights and coco-mini)")
 
 
 def _val_image() -> Path:
@@ -88,6 +92,34 @@ def test_channel_pruning_respects_graph_and_cuts_flops(nano, channel_pruned):
             maps = model.eval()(torch.rand(1, 3, size, size))
             assert [m.shape[1] for m in maps] == [64 + 80] * 3
             assert maps[0].shape[-1] == size // 8
+
+
+def test_recalibrated_batchnorm_holds_the_statistics_of_its_input():
+    torch.manual_seed(0)
+    model = leyolo.create_model("leyolo-n").eval()
+    batches = [torch.rand(4, 3, 64, 64) * s for s in (0.5, 1.0)]
+    bn = model.layers[1].bn
+    seen = []
+    hook = bn.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].detach()))
+    assert recalibrate_batchnorm(model, iter(batches)) == 8
+    hook.remove()
+    x = torch.cat(seen)  # what the BatchNorm saw, all 8 images (equal batches: mean of means is exact)
+    torch.testing.assert_close(bn.running_mean, x.mean((0, 2, 3)), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(bn.running_var, torch.stack([b.var((0, 2, 3)) for b in x.split(4)]).mean(0),
+                               atol=1e-5, rtol=1e-3)
+    assert not model.training and bn.momentum == 0.03  # left as it was found (YOLO BatchNorm momentum)
+    with pytest.raises(LeyoloError, match="no images"):
+        recalibrate_batchnorm(model, iter([]))
+
+
+@needs_shared
+def test_recalibration_rescues_a_lightly_pruned_model(nano):
+    """One-shot channel pruning shifts every next layer's input mean; re-measured BN statistics absorb it."""
+    pruned = channel_prune(copy.deepcopy(nano.model).float().eval(), 0.05)
+    before = Detector(copy.deepcopy(pruned)).val(DATA, imgsz=320)["mAP50-95"]
+    recalibrate_batchnorm(pruned, calibration_batches(DATA, 320, 32))
+    after = Detector(pruned.eval()).val(DATA, imgsz=320)["mAP50-95"]
+    assert before < 0.02 and after > before + 0.05, (before, after)
 
 
 @needs_shared

@@ -12,6 +12,9 @@ from pathlib import Path
 
 import onnx
 import pytest
+from shared_data import COCO_DATA as DATA
+from shared_data import NANO as WEIGHTS
+from shared_data import needs_shared
 
 import leyolo
 from leyolo import cli
@@ -20,13 +23,7 @@ from leyolo.deploy.export import read_onnx_metadata
 from leyolo.deploy.quantize import quantize
 from leyolo.errors import LeyoloError
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-WEIGHTS = SHARED / "weights" / "LeYOLONano.pt"
-DATA = SHARED / "datasets" / "coco-mini" / "data.yaml"
 IMGSZ = 320
-
-needs_shared = pytest.mark.skipif(not (WEIGHTS.exists() and DATA.exists()),
-                                  reason="needs ../shared (published nano weights and coco-mini)")
 
 
 def _val_image() -> Path:

@@ -128,10 +128,16 @@ def test_train_writes_results_plots_and_loadable_weights(data, tmp_path):
 
 
 def test_same_seed_same_run(data, tmp_path):
-    """Two runs with one seed in one process match (model init included)."""
+    """Two runs with one seed in one process match (model init included); the caller's RNGs are left alone."""
+    import random
+
     losses = []
     for name in ("s1", "s2"):
+        torch.manual_seed(123), np.random.seed(123), random.seed(123)
         train("leyolo-n", str(data), epochs=1, project=str(tmp_path), name=name, plots=False, val=False, **FAST)
+        draws = (torch.rand(1).item(), np.random.rand(), random.random())
+        torch.manual_seed(123), np.random.seed(123), random.seed(123)
+        assert draws == (torch.rand(1).item(), np.random.rand(), random.random())
         row = read_results(tmp_path / name / "results.csv")[0]
         losses.append([row["train/box"], row["train/cls"], row["train/dfl"]])
     assert losses[0] == losses[1]

@@ -14,13 +14,11 @@ import re
 from pathlib import Path
 
 import pytest
+from shared_data import COCO_DATA as DATA
+from shared_data import COCO_MINI, NANO, SHARED
 
 from leyolo.cli import main
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-NANO = SHARED / "weights" / "LeYOLONano.pt"
-COCO_MINI = SHARED / "datasets" / "coco-mini"
-DATA = COCO_MINI / "data.yaml"
 GT_JSON = COCO_MINI / "annotations" / "instances_val2017.json"
 
 if not (NANO.is_file() and DATA.is_file() and GT_JSON.is_file()):

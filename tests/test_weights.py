@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from shared_data import NANO as NANO_PT
 
 import leyolo
 from leyolo import Detector, LeyoloError, UnsafeCheckpointError
@@ -22,9 +23,6 @@ from leyolo.cli import main as cli_main
 from leyolo.weights import atomic_write, load_published, read_native_metadata
 from leyolo.weights.native import METADATA_KEY
 from leyolo.weights.published import read_pickle_archive
-
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-NANO_PT = SHARED / "weights" / "LeYOLONano.pt"
 
 
 def _require_nano() -> Path:

@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from shared_data import COCO_DATA, HAVE_SHARED
 
 import leyolo
 from leyolo.cli import main
@@ -461,3 +462,64 @@ def test_cli_info_labels_attention_counts(capsys):
     assert main(["info", "--model", "leyolo-n", "--imgsz", "320", "--json"]) == 0
     info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert "gflops_fused" not in info and "gflops_with_attention" not in info
+
+
+def test_torchscript_export_matches_torch_at_any_size(tmp_path):
+    torch.manual_seed(0)
+    model = leyolo.create_model("yolov12-n")
+    _randomise_batchnorm(model)
+    with torch.no_grad():
+        for cls in model.head.cls:
+            cls[-1].bias.zero_()
+    model.eval()
+    path = leyolo.Detector(model).export(tmp_path / "yolov12-n.torchscript", imgsz=320)
+    traced = torch.jit.load(str(path))
+    for hw in ((320, 320), (256, 416)):  # traced at 320: area attention must not bake in the token count
+        x = torch.rand(1, 3, *hw)
+        with torch.no_grad():
+            ref = model.decode(model(x)).numpy()
+            out = traced(x).numpy()
+        assert out.shape == ref.shape
+        np.testing.assert_allclose(out, ref, atol=1e-4, rtol=1e-5)
+
+
+def test_prune_l1_works_and_channel_is_refused(tmp_path):
+    from leyolo.deploy.prune import channel_prune, prune, weight_sparsity
+    from leyolo.errors import LeyoloError
+
+    torch.manual_seed(0)
+    det = leyolo.Detector(leyolo.create_model("yolov12-n"))
+    result = prune(det, "l1-unstructured", 0.3, imgsz=64, out=tmp_path / "v12-l1.safetensors", runs=1,
+                   evaluate=False)
+    pruned = leyolo.load(result["out"])
+    assert 0.29 < weight_sparsity(pruned.model) < 0.31
+    qkv = pruned.model.layers[6].blocks[0][0].attn.qkv.conv.weight  # an attention projection is pruned like any conv
+    assert 0.25 < float((qkv == 0).float().mean()) < 0.35
+    assert count_params(pruned.model) == PARAMS["yolov12-n"]  # shapes kept
+    with pytest.raises(LeyoloError, match="l1-unstructured"):
+        channel_prune(leyolo.create_model("yolov12-n"), 0.3)
+
+
+@pytest.mark.skipif(not HAVE_SHARED, reason="needs coco-mini images for calibration under ../shared")
+def test_static_int8_quantization_runs_and_tracks_fp32(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    from leyolo.deploy.quantize import quantize
+
+    torch.manual_seed(0)
+    model = leyolo.create_model("yolov12-n")
+    _randomise_batchnorm(model)
+    with torch.no_grad():
+        for cls in model.head.cls:
+            cls[-1].bias.zero_()
+    model.eval()
+    result = quantize(leyolo.Detector(model), COCO_DATA, method="static", calib_images=4, calibration="minmax",
+                      float_layers=0, imgsz=160, out=tmp_path / "v12-int8.onnx", runs=1, evaluate=False)
+    session = ort.InferenceSession(result["out"], providers=["CPUExecutionProvider"])
+    ops = {n.op_type for n in __import__("onnx").load(result["out"]).graph.node}
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    x = torch.rand(1, 3, 160, 160)
+    with torch.no_grad():
+        ref = model.decode(model(x)).numpy()
+    out = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    assert out.shape == ref.shape
+    assert np.corrcoef(out[:, 4:].ravel(), ref[:, 4:].ravel())[0, 1] > 0.9  # INT8 follows the fp32 scores

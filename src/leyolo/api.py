@@ -201,11 +201,7 @@ class Detector:
     def save(self, path: str | Path) -> Path:
         """Save in this library's format (safetensors + metadata), atomically."""
         model = self._require_model("save")
-        meta = {
-            "arch": self.meta.arch, "names": self.names, "imgsz": self.meta.imgsz, "stride": self.meta.stride,
-            "pad_value": self.meta.pad_value, "nc": model.nc, **({"extra": self.meta.extra} if self.meta.extra else {}),
-        }
-        return save_native(model.state_dict(), meta, path)
+        return save_native(model.state_dict(), self.meta.to_dict(model.nc), path)
 
     def info(self, imgsz: int | None = None) -> dict[str, Any]:
         """Parameter count and GFLOPs (2 x MACs, BatchNorm unfused) at ``imgsz``."""

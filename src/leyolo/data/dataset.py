@@ -36,7 +36,7 @@ _MAX_LOGGED = 10
 _MAX_SUBSTITUTIONS = 50
 
 
-@dataclass(frozen=True)
+@dataclass
 class AugmentConfig:
     """Augmentation strengths, YOLOv8 defaults (probabilities for mosaic/mixup/fliplr, gains otherwise)."""
 

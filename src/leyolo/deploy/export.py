@@ -81,17 +81,7 @@ class ExportOptions:
 
 
 def model_metadata(model: DetectionModel, imgsz: int) -> dict[str, Any]:
-    meta = model.meta
-    return {
-        "arch": meta.arch,
-        "names": list(meta.names),
-        "imgsz": int(imgsz),
-        "stride": int(meta.stride),
-        "pad_value": int(meta.pad_value),
-        "strides": list(model.strides),
-        "nc": model.nc,
-        "output": "xyxy+scores",
-    }
+    return model.meta.to_dict(model.nc, imgsz, extra=False) | {"strides": list(model.strides), "output": "xyxy+scores"}
 
 
 def export_metadata(model: DetectionModel, fmt: str, opts: ExportOptions) -> dict[str, Any]:

@@ -22,12 +22,7 @@ TRAIN_PREFIX = "train."
 
 
 def model_metadata(model, imgsz: int) -> dict[str, Any]:
-    meta = model.meta
-    out = {"arch": meta.arch, "names": list(meta.names), "imgsz": int(imgsz), "stride": int(meta.stride),
-           "pad_value": int(meta.pad_value), "nc": int(model.nc)}
-    if meta.extra:
-        out["extra"] = dict(meta.extra)  # e.g. the record of a channel pruning: needed to load the widths
-    return out
+    return model.meta.to_dict(model.nc, imgsz)
 
 
 def _optimizer_to_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

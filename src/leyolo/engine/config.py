@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from ..data.dataset import AugmentConfig
 from ..errors import LeyoloError
 
 RECIPES: dict[str, dict[str, Any]] = {
@@ -19,8 +20,13 @@ RECIPES: dict[str, dict[str, Any]] = {
 
 
 @dataclass
-class TrainConfig:
-    """Everything a training run depends on (saved in checkpoints, restored by ``--resume``)."""
+class TrainConfig(AugmentConfig):
+    """Everything a training run depends on (saved in checkpoints, restored by ``--resume``).
+
+    The augmentation strengths (degrees, scale, hsv_*, ...) are inherited from ``AugmentConfig``,
+    so their defaults live in one place; ``mosaic`` is redeclared because its default comes from
+    the recipe.
+    """
 
     model: str = "leyolo-n"
     data: str = ""
@@ -49,17 +55,8 @@ class TrainConfig:
     focal_alpha: float = 0.25
     class_weights: str | None = None  # None | "median"
     weighted_sampler: bool = False
-    mosaic: float | None = None
-    mixup: float = 0.0
+    mosaic: float | None = None  # type: ignore[assignment]
     close_mosaic: int | None = None
-    degrees: float = 0.0
-    translate: float = 0.1
-    scale: float = 0.5
-    shear: float = 0.0
-    fliplr: float = 0.5
-    hsv_h: float = 0.015
-    hsv_s: float = 0.7
-    hsv_v: float = 0.4
     multi_scale: float = 0.0  # 0 = off; 0.5 = random size in [0.5, 1.5] x imgsz per batch
     grad_clip: float = 10.0
     ema_decay: float = 0.9999
@@ -100,6 +97,10 @@ class TrainConfig:
             raise LeyoloError("--class-weights must be 'median'")
         if not 0 <= self.multi_scale < 1:
             raise LeyoloError("--multi-scale must be in [0, 1)")
+
+    def augment(self) -> AugmentConfig:
+        """The augmentation part alone, as the dataset takes it (call on a resolved config)."""
+        return AugmentConfig(**{f.name: getattr(self, f.name) for f in fields(AugmentConfig)})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -100,6 +100,10 @@ class Trainer:
         return torch_device(spec)
 
     def _seed(self, seed: int) -> None:
+        # the global generators are seeded (model init and third-party code use them) and handed
+        # back as they were when training ends, so calling train() leaves the caller's RNGs alone
+        self._global_rng = (random.getstate(), np.random.get_state(), torch.random.get_rng_state(),
+                            torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
         random.seed(seed)
         np.random.seed(seed)  # third-party code may still use the global generator
         torch.manual_seed(seed)
@@ -116,7 +120,7 @@ class Trainer:
 
     def setup(self) -> None:
         from ..api import Detector, load
-        from ..data.dataset import AugmentConfig, DetectionDataset
+        from ..data.dataset import DetectionDataset
         from ..data.datasets import load_data_yaml
         from ..losses import build_criterion
 
@@ -149,10 +153,7 @@ class Trainer:
         model.meta.imgsz = cfg.imgsz
         # channels-last: depthwise-heavy nets train ~2x faster on CPU (oneDNN) and use tensor cores on GPU
         self.model = model.to(self.device, memory_format=torch.channels_last).train()
-        hyp = AugmentConfig(mosaic=cfg.mosaic, mixup=cfg.mixup, degrees=cfg.degrees, translate=cfg.translate,
-                            scale=cfg.scale, shear=cfg.shear, fliplr=cfg.fliplr, hsv_h=cfg.hsv_h, hsv_s=cfg.hsv_s,
-                            hsv_v=cfg.hsv_v)
-        self.train_set = DetectionDataset(self.spec, "train", imgsz=cfg.imgsz, augment=True, hyp=hyp,
+        self.train_set = DetectionDataset(self.spec, "train", imgsz=cfg.imgsz, augment=True, hyp=cfg.augment(),
                                           seed=cfg.seed + self.rank)
         class_weights = None
         if cfg.class_weights or cfg.weighted_sampler:
@@ -227,6 +228,13 @@ class Trainer:
         try:
             return self._train()
         finally:
+            saved = getattr(self, "_global_rng", None)
+            if saved is not None:
+                random.setstate(saved[0])
+                np.random.set_state(saved[1])
+                torch.random.set_rng_state(saved[2])
+                if saved[3] is not None:
+                    torch.cuda.set_rng_state_all(saved[3])
             flags = getattr(self, "_global_flags", None)
             if flags is not None:
                 torch.use_deterministic_algorithms(flags[0], warn_only=flags[1])

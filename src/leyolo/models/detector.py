@@ -8,7 +8,7 @@ layers in plain Python; nothing here parses configuration.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -28,6 +28,14 @@ class ModelMeta:
     stride: int = 32
     pad_value: int = 114
     extra: dict = field(default_factory=dict)
+
+    def to_dict(self, nc: int, imgsz: int | None = None, *, extra: bool = True) -> dict[str, Any]:
+        """The JSON form stored in checkpoints and exports (``extra``: e.g. a pruning record, needed to load widths)."""
+        out: dict[str, Any] = {"arch": self.arch, "names": list(self.names), "imgsz": int(imgsz or self.imgsz),
+                               "stride": int(self.stride), "pad_value": int(self.pad_value), "nc": int(nc)}
+        if extra and self.extra:
+            out["extra"] = dict(self.extra)
+        return out
 
 
 class LayerGraphBuilder:
