@@ -37,7 +37,7 @@ def main() -> int:
     parser.add_argument("--imgsz", default="320,640", help="comma list of square sizes")
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--passes", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--threads", type=int, default=None, help="torch and onnxruntime threads (default: theirs)")
     args = parser.parse_args()
 
     import torch
@@ -71,7 +71,8 @@ def main() -> int:
                     with torch.inference_mode():
                         return model(x)
 
-                session = onnxruntime_session(export_onnx(model, Path(tmp) / f"{name}-{imgsz}.onnx", imgsz))
+                session = onnxruntime_session(export_onnx(model, Path(tmp) / f"{name}-{imgsz}.onnx", imgsz),
+                                              threads=args.threads)
                 feed = {session.get_inputs()[0].name: x.numpy()}
                 calls[name, "torch"] = eager
                 calls[name, "onnxruntime"] = lambda session=session, feed=feed: session.run(None, feed)

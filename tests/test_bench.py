@@ -133,3 +133,11 @@ def test_cli_prints_table(plugin_cli, capsys, tmp_path):
     out = capsys.readouterr().out
     assert "| leyolo-n | torch | 64 | 2 |" in out and "mAP50" not in out  # empty columns left out
     assert (tmp_path / "bench.md").exists()
+
+
+def test_model_labels_are_short_and_unique():
+    from leyolo.bench import model_labels
+
+    assert model_labels(["leyolo-n", "runs/a/weights/best.safetensors", "runs/b/weights/best.safetensors"]) == [
+        "leyolo-n", "a/weights/best", "b/weights/best"]
+    assert model_labels(["x.onnx", "sub/x.pt", "y.pt", "y.pt"]) == ["x", "sub/x", "y-2", "y-3"]

@@ -11,14 +11,13 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from shared_data import SHAPES_DATA as SHAPES
 
 import leyolo.data.dataset as dataset_module
 from leyolo.data.dataset import AugmentConfig, DetectionDataset, collate
 from leyolo.data.datasets import load_data_yaml
 from leyolo.data.loader import build_dataloader, class_weights_from_counts, weighted_sampler
 from leyolo.errors import LeyoloError
-
-SHAPES = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "shapes" / "data.yaml"
 
 # name -> [(class, x1, y1, x2, y2) in pixels of a 64x64 image]
 OBJECTS = {

@@ -10,6 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from shared_data import SHARED
 
 from leyolo.data.datasets import load_data_yaml
 from leyolo.engine.evaluator import CocoEvaluator, format_metrics
@@ -17,7 +18,6 @@ from leyolo.errors import LeyoloError
 from leyolo.structures import Results
 
 NAMES = ["cat", "dog", "bird"]
-from shared_data import SHARED
 
 
 def _results(boxes: list[list[float]], classes: list[int], scores: list[float] | None = None,

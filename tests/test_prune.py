@@ -27,6 +27,7 @@ from leyolo.deploy.prune import (
     calibration_batches,
     channel_prune,
     fit_to_state_dict,
+    head_outputs,
     l1_unstructured,
     prunable_convs,
     prune,
@@ -99,6 +100,8 @@ def test_recalibrated_batchnorm_holds_the_statistics_of_its_input():
     model = leyolo.create_model("leyolo-n").eval()
     batches = [torch.rand(4, 3, 64, 64) * s for s in (0.5, 1.0)]
     bn = model.layers[1].bn
+    with torch.no_grad():  # stale statistics that a missing reset would blend in
+        bn.running_mean.fill_(5.0), bn.running_var.fill_(9.0), bn.num_batches_tracked.fill_(1000)
     seen = []
     hook = bn.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].detach()))
     assert recalibrate_batchnorm(model, iter(batches)) == 8
@@ -119,7 +122,7 @@ def test_recalibration_rescues_a_lightly_pruned_model(nano):
     before = Detector(copy.deepcopy(pruned)).val(DATA, imgsz=320)["mAP50-95"]
     recalibrate_batchnorm(pruned, calibration_batches(DATA, 320, 32))
     after = Detector(pruned.eval()).val(DATA, imgsz=320)["mAP50-95"]
-    assert before < 0.02 and after > before + 0.05, (before, after)
+    assert after > before + 0.05, (before, after)
 
 
 @needs_shared
@@ -159,6 +162,10 @@ def test_bad_prune_inputs(tmp_path):
         prune("leyolo-n", "channel", 1.5, imgsz=64)
     with pytest.raises(LeyoloError, match="needs --data"):
         prune("leyolo-n", "channel", 0.3, finetune_epochs=1, imgsz=64)
+    with pytest.raises(LeyoloError, match="--round-to"):
+        prune("leyolo-n", "channel", 0.3, imgsz=64, round_to=0)
+    with pytest.raises(LeyoloError, match="--bn-images"):
+        prune("leyolo-n", "channel", 0.3, imgsz=64, bn_images=-1)
     other = leyolo.load("leyolo-n").model
     other.meta.arch = "yolov12-n"  # a family torch-pruning was not verified on
     with pytest.raises(LeyoloError, match="verified for leyolo"):
@@ -189,13 +196,19 @@ def test_prune_cli_finetunes_on_tiny_dataset(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(cli, "PLUGIN_MODULES", tuple(dict.fromkeys((*cli.PLUGIN_MODULES, "leyolo.deploy.prune"))))
     rc = cli.main(["prune", "--model", "leyolo-n", "--method", "channel", "--ratio", "0.3", "--data", str(data),
                    "--finetune-epochs", "1", "--imgsz", "64", "--batch", "4", "--workers", "0", "--runs", "1",
+                   "--bn-images", "6", "--round-to", "4",
                    "--out", str(out), "-q"])
     captured = capsys.readouterr()
     printed = captured.out
     assert rc == 0, captured.err
     assert "+ fine-tune 1 ep" in printed and out.exists()
     tuned = leyolo.load(out)
-    assert tuned.names == ["square", "disc"] and tuned.meta.extra["pruned"]["ratio"] == 0.3
+    record = tuned.meta.extra["pruned"]
+    assert tuned.names == ["square", "disc"] and record["ratio"] == 0.3
+    assert record["bn_images"] == 6 and record["round_to"] == 4  # BatchNorm re-measured on 6 train images
+    kept = {id(m) for m in head_outputs(tuned.model)}  # head outputs and DFL keep their widths
+    widths = {m.out_channels for m in tuned.model.modules() if isinstance(m, nn.Conv2d) and id(m) not in kept}
+    assert all(w % 4 == 0 for w in widths), sorted(widths)
     assert count_params(tuned.model) < count_params(leyolo.load("leyolo-n").model) * 0.7
     assert isinstance(tuned.model.head.cls[0][-1], nn.Conv2d) and tuned.model.head.cls[0][-1].out_channels == 2
     assert rc == 0 and cli.main(["prune", "--model", "leyolo-n", "--method", "magic"]) == 1

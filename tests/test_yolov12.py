@@ -480,7 +480,9 @@ def test_torchscript_export_matches_torch_at_any_size(tmp_path):
             ref = model.decode(model(x)).numpy()
             out = traced(x).numpy()
         assert out.shape == ref.shape
-        np.testing.assert_allclose(out, ref, atol=1e-4, rtol=1e-5)
+        assert np.abs(out[:, 4:] - ref[:, 4:]).max() < 1e-4
+        assert ref[:, 4:].max() > 0.1  # the comparison covers non-trivial scores
+        assert (np.abs(out[:, :4] - ref[:, :4]) - (1e-3 + 1e-5 * np.abs(ref[:, :4]))).max() <= 0
 
 
 def test_prune_l1_works_and_channel_is_refused(tmp_path):

@@ -171,6 +171,7 @@ def _prepare_model(spec: str, label: str, backends: Sequence[str], sizes: Sequen
     if data_spec is not None and len(detector.names) != data_spec.nc:
         raise LeyoloError(f"{spec}: {len(detector.names)} classes, {data_spec.yaml_path} has {data_spec.nc}")
     model = _Model(label, detector, note="untrained" if registered and data_spec is not None else "")
+    stem = label.replace("/", "_")  # labels may name parent folders; files stay flat in workdir
     torch_model = detector.model
     if torch_model is not None:
         model.params = count_params(torch_model)
@@ -178,15 +179,15 @@ def _prepare_model(spec: str, label: str, backends: Sequence[str], sizes: Sequen
     if "torch" in backends and torch_model is None:
         model.notes.update({("torch", s): "unavailable: an ONNX file runs only on onnxruntime" for s in sizes})
     elif "torch" in backends:
-        weights = detector.save(workdir / f"{label}.safetensors")
+        weights = detector.save(workdir / f"{stem}.safetensors")
         model.artefacts.update({("torch", s): weights for s in sizes})
     if "onnxruntime" in backends:
-        onnx = detector.onnx_path or export_onnx(torch_model, workdir / f"{label}.onnx", max(sizes), dynamic=True)
+        onnx = detector.onnx_path or export_onnx(torch_model, workdir / f"{stem}.onnx", max(sizes), dynamic=True)
         model.artefacts.update({("onnxruntime", s): onnx for s in sizes})
     for s in sizes if "onnxruntime-int8" in backends else ():
         try:
             n = min(len(split_images(data_spec, "train")), 200) if data_spec is not None else 0
-            dest = workdir / f"{label}-{s}-int8.onnx"
+            dest = workdir / f"{stem}-{s}-int8.onnx"
             model.artefacts["onnxruntime-int8", s] = quantize_int8(detector, data, s, dest, n, **int8_options)
         except (Unavailable, LeyoloError) as exc:  # e.g. a data.yaml without a train split
             model.notes["onnxruntime-int8", s] = str(exc) if isinstance(exc, Unavailable) else f"skipped: {exc}"
@@ -256,8 +257,7 @@ def run_benchmark(models: Sequence[str], backends: Sequence[str] = ("torch", "on
     if compare and source is None and data_spec is None:
         raise LeyoloError("--compare needs --data (its val images) or --source")
     files = (resolve_source(source) if source is not None else split_images(data_spec, "val")) if compare else []
-    stems = [Path(m).stem if Path(m).suffix.lower() in MODEL_SUFFIXES else m for m in models]
-    labels = [stem if stems.count(stem) == 1 else f"{stem}-{i}" for i, stem in enumerate(stems)]
+    labels = model_labels(models)
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="leyolo-bench-") as tmp, _torch_threads(threads):
         prepared = [_prepare_model(spec, label, backends, sizes, Path(tmp), data, data_spec, int8_options or {})
@@ -372,6 +372,25 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], digit
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(_fmt(r.get(c), digits.get(c)) for c in columns) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def model_labels(models: Sequence[str]) -> list[str]:
+    """Short unique names: registry names as given, files by their stem, lengthened by parent folders
+    until unique (``runs/a/weights/best.pt`` and ``runs/b/weights/best.pt`` -> ``a/weights/best``, ...)."""
+    def name(spec: str, depth: int) -> str:
+        path = Path(spec)
+        if path.suffix.lower() not in MODEL_SUFFIXES:
+            return spec
+        return "/".join([*path.parent.parts[-(depth - 1):], path.stem] if depth > 1 else [path.stem])
+
+    deepest = max((len(Path(m).parts) for m in models), default=1)
+    labels = []
+    for spec in models:
+        others = [m for m in models if m != spec]
+        depth = next((d for d in range(1, deepest + 1)
+                      if all(name(spec, d) != name(m, d) for m in others)), deepest)
+        labels.append(name(spec, depth))
+    return [f"{label}-{i}" if labels.count(label) > 1 else label for i, label in enumerate(labels)]
 
 
 def write_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], out: Path, stem: str, header: str,

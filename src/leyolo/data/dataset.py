@@ -28,28 +28,13 @@ from ..fileio import atomic_write
 from ..ops import xywh_to_xyxy
 from .datasets import DatasetSpec, image_size, label_path, read_yolo_labels, split_images
 from .images import read_image
-from .transforms import hsv_jitter, horizontal_flip, letterbox_train, mixup, mosaic4, random_affine, resize_long_side
+from .transforms import (AugmentConfig, horizontal_flip, hsv_jitter, letterbox_train, mixup, mosaic4, random_affine,
+                         resize_long_side)
 
 LOGGER = logging.getLogger("leyolo")
 _CACHE_VERSION = 1
 _MAX_LOGGED = 10
 _MAX_SUBSTITUTIONS = 50
-
-
-@dataclass
-class AugmentConfig:
-    """Augmentation strengths, YOLOv8 defaults (probabilities for mosaic/mixup/fliplr, gains otherwise)."""
-
-    mosaic: float = 1.0
-    mixup: float = 0.0
-    degrees: float = 0.0
-    translate: float = 0.1
-    scale: float = 0.5
-    shear: float = 0.0
-    fliplr: float = 0.5
-    hsv_h: float = 0.015
-    hsv_s: float = 0.7
-    hsv_v: float = 0.4
 
 
 @dataclass
@@ -256,7 +241,7 @@ class DetectionDataset(Dataset):
         self.stride = stride
         self.augment = augment
         self.hyp = hyp or AugmentConfig()
-        # Plain attribute (not part of the frozen hyp) so close_mosaic() is a one-line switch.
+        # Its own attribute (the hyp stays as given) so close_mosaic() is a one-line switch.
         self.mosaic_enabled = augment and (self.hyp.mosaic > 0 or self.hyp.mixup > 0)
         self.rng = np.random.default_rng(seed)
         self._reported_bad: set[str] = set()

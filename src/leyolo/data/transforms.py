@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -18,6 +19,25 @@ import numpy as np
 from ..ops import letterbox
 
 Sample = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+@dataclass
+class AugmentConfig:
+    """Augmentation strengths, YOLOv8 defaults (probabilities for mosaic/mixup/fliplr, gains otherwise).
+
+    ``TrainConfig`` extends it, so these defaults are the training defaults too.
+    """
+
+    mosaic: float = 1.0
+    mixup: float = 0.0
+    degrees: float = 0.0
+    translate: float = 0.1
+    scale: float = 0.5
+    shear: float = 0.0
+    fliplr: float = 0.5
+    hsv_h: float = 0.015
+    hsv_s: float = 0.7
+    hsv_v: float = 0.4
 
 
 def _boxes(boxes: np.ndarray) -> np.ndarray:

@@ -263,18 +263,28 @@ def _float_onnx(detector: Any, imgsz: int, work: Path) -> Path:
 def _pre_process(src: Path, dst: Path) -> None:
     """ORT's recommended pre-processing.
 
-    Symbolic shape inference is skipped for dynamic-shape inputs: it cannot complete on them
-    and, when it fails, ORT drops debug files into the working directory.
+    Symbolic shape inference is skipped for dynamic-shape inputs, and retried without when it
+    cannot complete (YOLOv12's area-attention reshapes defeat it; ONNX's own shape inference and
+    ORT's optimisations still run). It runs in ``src``'s folder because, when it fails, ORT drops
+    debug files into the working directory.
     """
+    import contextlib
+
     import onnx
 
     ortq = _ort_quantization()
     dims = onnx.load(str(src), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
     dynamic = any(d.dim_param or d.dim_value <= 0 for d in dims)
-    try:
-        ortq.shape_inference.quant_pre_process(str(src), str(dst), skip_symbolic_shape=dynamic)
-    except Exception as exc:  # ORT raises assorted errors on graphs it cannot infer
-        raise LeyoloError(f"quant_pre_process failed on the fp32 model ({type(exc).__name__}: {exc})") from exc
+    src, dst = Path(src).resolve(), Path(dst).resolve()
+    with contextlib.chdir(src.parent):
+        for skip_symbolic in dict.fromkeys((dynamic, True)):
+            try:
+                ortq.shape_inference.quant_pre_process(str(src), str(dst), skip_symbolic_shape=skip_symbolic)
+                return
+            except Exception as exc:  # ORT raises assorted errors on graphs it cannot infer
+                error = exc
+                log.debug("quant_pre_process (skip_symbolic_shape=%s) failed: %s", skip_symbolic, exc)
+    raise LeyoloError(f"quant_pre_process failed on the fp32 model ({type(error).__name__}: {error})") from error
 
 
 def _stamp(src: Path, dst: Path, float_path: Path, record: dict[str, Any], half: bool) -> Path:

@@ -63,7 +63,7 @@ def _check_key(key: str, where: str) -> None:
     if key in RESERVED:
         raise LeyoloError(f"{where}: {key!r} is set by the ablation itself (--data, --out), not per run")
     if key not in valid_keys():
-        raise LeyoloError(f"{where}: unknown key {key!r}; valid keys: {', '.join(valid_keys())}")
+        raise LeyoloError(f"{where}: unknown key {key!r}; valid keys: {', '.join(sorted(valid_keys()))}")
 
 
 def coerce(key: str, value: Any) -> Any:

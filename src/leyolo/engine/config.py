@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from ..data.dataset import AugmentConfig
+from ..data.transforms import AugmentConfig
 from ..errors import LeyoloError
 
 RECIPES: dict[str, dict[str, Any]] = {
@@ -100,6 +100,8 @@ class TrainConfig(AugmentConfig):
 
     def augment(self) -> AugmentConfig:
         """The augmentation part alone, as the dataset takes it (call on a resolved config)."""
+        if self.mosaic is None:
+            raise LeyoloError("TrainConfig.augment() needs a resolved config (mosaic comes from the recipe)")
         return AugmentConfig(**{f.name: getattr(self, f.name) for f in fields(AugmentConfig)})
 
     def to_dict(self) -> dict[str, Any]:
