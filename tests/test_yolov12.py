@@ -73,6 +73,17 @@ def _randomise_batchnorm(model: torch.nn.Module, seed: int = 0) -> None:
                 m.bias.copy_(torch.randn(n, generator=gen) * 0.2)
 
 
+def _scored_model(name: str = "yolov12-n") -> torch.nn.Module:
+    """An eval-mode model with non-trivial BatchNorm and class biases at zero, so scores are ~0.5, not ~1e-5."""
+    torch.manual_seed(0)
+    model = leyolo.create_model(name)
+    _randomise_batchnorm(model)
+    with torch.no_grad():
+        for cls in model.head.cls:
+            cls[-1].bias.zero_()
+    return model.eval()
+
+
 # -- registry and exact counts ---------------------------------------------------------------------
 
 def test_registry_lists_both_variants():
@@ -431,13 +442,7 @@ def test_onnx_export_matches_torch(tmp_path):
     ort = pytest.importorskip("onnxruntime")
     from leyolo.deploy.export import export_onnx
 
-    torch.manual_seed(0)
-    model = leyolo.create_model("yolov12-n")
-    _randomise_batchnorm(model)
-    with torch.no_grad():  # scores in a useful range instead of the ~1e-5 prior
-        for cls in model.head.cls:
-            cls[-1].bias.zero_()
-    model.eval()
+    model = _scored_model()
     path = export_onnx(model, tmp_path / "yolov12-n.onnx", imgsz=320)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     x = torch.rand(1, 3, 320, 320)
@@ -465,13 +470,7 @@ def test_cli_info_labels_attention_counts(capsys):
 
 
 def test_torchscript_export_matches_torch_at_any_size(tmp_path):
-    torch.manual_seed(0)
-    model = leyolo.create_model("yolov12-n")
-    _randomise_batchnorm(model)
-    with torch.no_grad():
-        for cls in model.head.cls:
-            cls[-1].bias.zero_()
-    model.eval()
+    model = _scored_model()
     path = leyolo.Detector(model).export(tmp_path / "yolov12-n.torchscript", imgsz=320)
     traced = torch.jit.load(str(path))
     for hw in ((320, 320), (256, 416)):  # traced at 320: area attention must not bake in the token count
@@ -507,13 +506,7 @@ def test_static_int8_quantization_runs_and_tracks_fp32(tmp_path):
     ort = pytest.importorskip("onnxruntime")
     from leyolo.deploy.quantize import quantize
 
-    torch.manual_seed(0)
-    model = leyolo.create_model("yolov12-n")
-    _randomise_batchnorm(model)
-    with torch.no_grad():
-        for cls in model.head.cls:
-            cls[-1].bias.zero_()
-    model.eval()
+    model = _scored_model()
     result = quantize(leyolo.Detector(model), COCO_DATA, method="static", calib_images=4, calibration="minmax",
                       float_layers=0, imgsz=160, out=tmp_path / "v12-int8.onnx", runs=1, evaluate=False)
     session = ort.InferenceSession(result["out"], providers=["CPUExecutionProvider"])

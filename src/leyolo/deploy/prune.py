@@ -6,8 +6,11 @@
   Fine-tuning refills the zeros, so they are pruned again (same ratio) after it.
 - ``channel`` removes whole channels with torch-pruning's dependency graph, which keeps
   depthwise groups, residual adds and neck concats consistent; ``ratio`` is the fraction of
-  channels removed from every prunable layer (FLOPs fall roughly as ``1 - (1 - ratio)^2``).
-  The head's output convs (box DFL bins, class logits) and the DFL are never pruned.
+  channels removed from every prunable layer (FLOPs fall roughly as ``1 - (1 - ratio)^2``), widths
+  rounded to the nearest multiple of 8 for onnxruntime's blocked kernels. The head's output convs
+  (box DFL bins, class logits) and the DFL are never pruned.
+- With data, BatchNorm statistics are re-measured after pruning (``recalibrate_batchnorm``): a
+  removed channel's mean no longer reaches the next layer, and stale statistics mis-centre it.
 
 A channel-pruned model has other widths than its registry architecture. Its checkpoint stays
 an ordinary leyolo ``.safetensors``: the tensors carry the new widths, ``meta.extra["pruned"]``
@@ -170,7 +173,7 @@ def channel_prune(model: nn.Module, ratio: float, importance: str = "l2", round_
 
     ``round_to`` keeps each pruned width a multiple of N, rounded to the *nearest* multiple (never
     below N). onnxruntime's x86 kernels work on blocks of 8 channels: without rounding, the 30%-pruned
-    nano ran 35% *slower* than the original in onnxruntime, with it 25% faster (BENCHMARKS.md).
+    nano ran 35% *slower* than the original in onnxruntime, with it about 20% faster (BENCHMARKS.md).
     torch-pruning's own rounding goes down (24 channels at a 5% ratio -> 16), which on thin layers
     prunes far more than ``ratio``; ``None`` keeps the exact ratio.
     """
@@ -204,8 +207,8 @@ def recalibrate_batchnorm(model: nn.Module, batches: Any) -> int:
 
     Removing a channel also removes its mean contribution to the next layer, and that layer's
     frozen BatchNorm statistics then mis-centre it; statistics re-measured on real images absorb
-    the shift ("adaptive BN", EagleEye, Li et al. 2020). On the published nano at 320 px, one-shot
-    mAP50-95 after pruning 5% of the channels goes from 0.002 to 0.136 (BENCHMARKS.md).
+    the shift ("adaptive BN", EagleEye, Li et al. 2020). On the published nano at 640 px, one-shot
+    mAP50-95 after pruning 5% of the channels goes from 0.005 to 0.23 (BENCHMARKS.md).
     Returns the number of images seen.
     """
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
