@@ -205,10 +205,14 @@ def test_dataloader_is_seeded(spec) -> None:
     first = [next(iter(build_dataloader(ds, batch_size=2, workers=0, shuffle=True, seed=1)))["paths"] for _ in range(2)]
     assert first[0] == first[1]
     loader = build_dataloader(ds, batch_size=5, workers=1, shuffle=True, seed=0)
-    assert loader.persistent_workers
-    batches = [next(iter(loader)) for _ in range(2)]  # same persistent worker: the stream moves on
+    batches = [next(iter(loader)) for _ in range(2)]  # a new iterator (epoch): the worker streams move on
     assert batches[0]["images"].shape == (5, 3, 64, 64)
     assert not torch.equal(batches[0]["images"], batches[1]["images"])
+    loader.generator.manual_seed(123)  # ... and follow the loader's generator, as the trainer reseeds it per epoch
+    again = next(iter(loader))
+    loader.generator.manual_seed(123)
+    torch.testing.assert_close(next(iter(loader))["images"], again["images"])
+    assert not torch.equal(next(iter(loader))["images"], again["images"])  # not reseeded: a new stream
 
 
 def test_class_weights_from_counts() -> None:

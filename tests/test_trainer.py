@@ -190,6 +190,27 @@ def test_resume_after_interrupt(data, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]  # no second run folder
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resumed_run_repeats_the_uninterrupted_one(data, tmp_path, workers):
+    """Data order, augmentations (in the main process or in workers) and weights follow (seed, epoch)."""
+    opts = dict(epochs=2, plots=False, val=False, mosaic=1.0, close_mosaic=0, **(FAST | {"workers": workers}))
+    train("leyolo-n", str(data), project=str(tmp_path), name="whole", **opts)
+
+    def stop(trainer: Trainer) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train("leyolo-n", str(data), project=str(tmp_path), name="cut", callbacks={"after_epoch": [stop]}, **opts)
+    train(resume=tmp_path / "cut")
+    rows = {name: read_results(tmp_path / name / "results.csv") for name in ("whole", "cut")}
+    keys = ("train/box", "train/cls", "train/dfl")
+    assert [[r[k] for k in keys] for r in rows["cut"]] == [[r[k] for k in keys] for r in rows["whole"]]
+    whole, _ = load_native(tmp_path / "whole" / "weights" / "last.safetensors")
+    cut, _ = load_native(tmp_path / "cut" / "weights" / "last.safetensors")
+    for key, value in whole.items():
+        torch.testing.assert_close(cut[key], value, rtol=0, atol=0, msg=key)
+
+
 def test_resume_errors(data, tmp_path):
     with pytest.raises(LeyoloError, match="no checkpoint"):
         train(resume=tmp_path / "nothing")

@@ -48,8 +48,10 @@ def build_dataloader(
 
     With ``distributed`` a seeded ``DistributedSampler`` shards the data (the trainer must call
     ``loader.sampler.set_epoch(epoch)`` for a new order each epoch); it cannot be combined with
-    a custom ``sampler``. Workers persist across epochs when ``workers > 0``; memory is pinned
-    only when CUDA is there to benefit from it.
+    a custom ``sampler``. Workers are started afresh every epoch (not persistent), so that their
+    augmentation streams follow the loader's generator, which the trainer reseeds per epoch: that
+    is what makes a resumed run repeat the uninterrupted one. Memory is pinned only when CUDA is
+    there to benefit from it.
     """
     if distributed and sampler is not None:
         raise ValueError("build_dataloader: a custom sampler cannot be combined with distributed=True")
@@ -59,7 +61,7 @@ def build_dataloader(
     generator.manual_seed(seed)
     kwargs: dict[str, Any] = {}
     if workers > 0:
-        kwargs.update(persistent_workers=True, worker_init_fn=functools.partial(_seed_worker, seed=seed))
+        kwargs.update(worker_init_fn=functools.partial(_seed_worker, seed=seed))
     return DataLoader(
         dataset,
         batch_size=batch_size,

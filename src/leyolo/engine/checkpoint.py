@@ -12,7 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from ..errors import LeyoloError
@@ -50,9 +49,12 @@ def _optimizer_from_tensors(tensors: dict[str, torch.Tensor], info: dict[str, An
     return {"state": state, "param_groups": info["param_groups"]}
 
 
-def save_checkpoint(path: Path, ema_model, imgsz: int, *, model=None, optimizer=None, train_state: dict | None = None,
-                    rng: np.random.Generator | None = None) -> Path:
-    """Write ``path``: EMA weights + metadata, and, when ``model``/``optimizer`` are given, the resume state."""
+def save_checkpoint(path: Path, ema_model, imgsz: int, *, model=None, optimizer=None,
+                    train_state: dict | None = None) -> Path:
+    """Write ``path``: EMA weights + metadata, and, when ``model``/``optimizer`` are given, the resume state.
+
+    No data-side random state is stored: the trainer derives it from (seed, epoch) at every epoch.
+    """
     tensors = {k: v.detach().float() if v.dtype.is_floating_point else v.detach()
                for k, v in ema_model.state_dict().items()}
     meta = model_metadata(ema_model, imgsz)
@@ -64,8 +66,6 @@ def save_checkpoint(path: Path, ema_model, imgsz: int, *, model=None, optimizer=
         tensors.update(optim_tensors)
         tensors[f"{TRAIN_PREFIX}rng.torch"] = torch.get_rng_state()
         meta["train"]["optimizer"] = optim_info
-        if rng is not None:
-            meta["train"]["numpy_rng"] = rng.bit_generator.state
     return save_native(tensors, meta, path)
 
 

@@ -214,8 +214,6 @@ class Trainer:
             self.optimizer.load_state_dict(optim)
         if torch_rng is not None:
             torch.set_rng_state(torch_rng)
-        if "numpy_rng" in state:
-            self.rng.bit_generator.state = state["numpy_rng"]
         self.start_epoch = int(state["epoch"]) + 1
         self.best_fitness = float(state.get("best_fitness", -1.0))
         self.elapsed_before = float(state.get("elapsed", 0.0))
@@ -302,6 +300,23 @@ class Trainer:
         self.train_set.close_mosaic()
         self.loader = self._build_loader()
 
+    def _seed_epoch(self, epoch: int) -> None:
+        """Derive every random stream of ``epoch`` from (seed, rank, epoch): shuffle order, the
+        augmentation streams of the dataset and of each loader worker (seeded from the loader's
+        generator when they start, every epoch), and multi-scale sizes. A resumed run therefore
+        draws exactly what the uninterrupted run would have."""
+        from torch.utils.data import WeightedRandomSampler
+
+        loader_seed, data_seed, trainer_seed = np.random.SeedSequence(
+            [self.config.seed, self.rank, epoch]).generate_state(3, dtype=np.uint64)
+        if self.loader.generator is not None:
+            self.loader.generator.manual_seed(int(loader_seed))
+        sampler = self.loader.sampler
+        if isinstance(sampler, WeightedRandomSampler) and sampler.generator is not None:
+            sampler.generator.manual_seed(int(loader_seed))
+        self.train_set.reseed(int(data_seed))  # the stream used when workers == 0
+        self.rng = np.random.default_rng(int(trainer_seed))
+
     def _set_epoch_lr(self, epoch: float) -> None:
         factor = lr_lambda(self.epochs, self.config.lrf, self.config.cos_lr)(epoch)
         for group in self.optimizer.param_groups:
@@ -313,6 +328,7 @@ class Trainer:
 
         cfg = self.config
         self.model.train()
+        self._seed_epoch(epoch)
         if self.distributed and hasattr(self.loader.sampler, "set_epoch"):
             self.loader.sampler.set_epoch(epoch)
         self._set_epoch_lr(epoch)
@@ -429,7 +445,7 @@ class Trainer:
                  "ema_updates": self.ema.updates, "elapsed": self.elapsed(), "epoch_times": self.epoch_times,
                  "config": cfg.to_dict(), "save_dir": str(self.save_dir), "metrics": _plain(self.metrics)}
         save_checkpoint(self.weights_dir / "last.safetensors", self.ema.ema, cfg.imgsz, model=unwrap(self.model),
-                        optimizer=self.optimizer, train_state=state, rng=self.rng)
+                        optimizer=self.optimizer, train_state=state)
         if improved:
             save_checkpoint(self.weights_dir / "best.safetensors", self.ema.ema, cfg.imgsz,
                             train_state={k: v for k, v in state.items() if k != "epoch_times"})
