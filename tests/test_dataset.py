@@ -205,14 +205,21 @@ def test_dataloader_is_seeded(spec) -> None:
     first = [next(iter(build_dataloader(ds, batch_size=2, workers=0, shuffle=True, seed=1)))["paths"] for _ in range(2)]
     assert first[0] == first[1]
     loader = build_dataloader(ds, batch_size=5, workers=1, shuffle=True, seed=0)
-    batches = [next(iter(loader)) for _ in range(2)]  # a new iterator (epoch): the worker streams move on
-    assert batches[0]["images"].shape == (5, 3, 64, 64)
-    assert not torch.equal(batches[0]["images"], batches[1]["images"])
-    loader.generator.manual_seed(123)  # ... and follow the loader's generator, as the trainer reseeds it per epoch
+    assert loader.persistent_workers
+    loader.sampler.set_epoch(0)
+    epoch0 = next(iter(loader))
+    loader.sampler.set_epoch(1)
+    epoch1 = next(iter(loader))
+    assert epoch0["images"].shape == (5, 3, 64, 64)
+    assert not torch.equal(epoch0["images"], epoch1["images"])  # a new epoch: new order and augmentations
+    loader.sampler.set_epoch(0)  # the same persistent worker, back to epoch 0: the same batch again
     again = next(iter(loader))
-    loader.generator.manual_seed(123)
-    torch.testing.assert_close(next(iter(loader))["images"], again["images"])
-    assert not torch.equal(next(iter(loader))["images"], again["images"])  # not reseeded: a new stream
+    assert again["paths"] == epoch0["paths"]
+    torch.testing.assert_close(again["images"], epoch0["images"])
+    # and the same as in the main process: an item's augmentation depends on (seed, epoch, index) only
+    inline = build_dataloader(ds, batch_size=5, workers=0, shuffle=True, seed=0)
+    inline.sampler.set_epoch(0)
+    torch.testing.assert_close(next(iter(inline))["images"], epoch0["images"])
 
 
 def test_class_weights_from_counts() -> None:

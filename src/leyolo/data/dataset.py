@@ -216,7 +216,9 @@ class DetectionDataset(Dataset):
 
     Items are ``dict(image=uint8 [3, S, S] RGB, targets=float32 [N, 5] (class, x1, y1, x2, y2) in
     that image's pixels, path=str, orig_shape=(h, w))`` with ``S = imgsz``. Randomness comes from
-    ``self.rng``, which ``loader.build_dataloader`` reseeds in every worker.
+    ``self.rng``. Indexed with ``(epoch, i)`` (what ``loader.EpochSampler`` yields), an item draws
+    from a stream of its own, seeded by ``(seed, epoch, i)``: its augmentation no longer depends on
+    which worker made it or what that worker made before, so runs repeat exactly, resumed or not.
     """
 
     def __init__(
@@ -243,6 +245,7 @@ class DetectionDataset(Dataset):
         self.hyp = hyp or AugmentConfig()
         # Its own attribute (the hyp stays as given) so close_mosaic() is a one-line switch.
         self.mosaic_enabled = augment and (self.hyp.mosaic > 0 or self.hyp.mixup > 0)
+        self.seed = seed
         self.rng = np.random.default_rng(seed)
         self._reported_bad: set[str] = set()
         self.labels: list[LabelRecord] = self._load_labels(cache_labels)
@@ -370,7 +373,10 @@ class DetectionDataset(Dataset):
             image, boxes, classes = horizontal_flip(image, boxes, classes)
         return image, boxes, classes, record
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, index: int | tuple[int, int]) -> dict[str, Any]:
+        if isinstance(index, tuple):  # (epoch, i) from EpochSampler
+            epoch, index = index
+            self.rng = np.random.default_rng([self.seed, epoch, index])
         if self.augment:
             image, boxes, classes, record = self._train_sample(int(index))
         else:

@@ -301,21 +301,11 @@ class Trainer:
         self.loader = self._build_loader()
 
     def _seed_epoch(self, epoch: int) -> None:
-        """Derive every random stream of ``epoch`` from (seed, rank, epoch): shuffle order, the
-        augmentation streams of the dataset and of each loader worker (seeded from the loader's
-        generator when they start, every epoch), and multi-scale sizes. A resumed run therefore
-        draws exactly what the uninterrupted run would have."""
-        from torch.utils.data import WeightedRandomSampler
-
-        loader_seed, data_seed, trainer_seed = np.random.SeedSequence(
-            [self.config.seed, self.rank, epoch]).generate_state(3, dtype=np.uint64)
-        if self.loader.generator is not None:
-            self.loader.generator.manual_seed(int(loader_seed))
-        sampler = self.loader.sampler
-        if isinstance(sampler, WeightedRandomSampler) and sampler.generator is not None:
-            sampler.generator.manual_seed(int(loader_seed))
-        self.train_set.reseed(int(data_seed))  # the stream used when workers == 0
-        self.rng = np.random.default_rng(int(trainer_seed))
+        """Make ``epoch``'s randomness a function of (seed, rank, epoch): order and per-item
+        augmentation through the loader's ``EpochSampler``, multi-scale sizes here. A resumed run
+        therefore draws exactly what the uninterrupted run would have."""
+        self.loader.sampler.set_epoch(epoch)
+        self.rng = np.random.default_rng([self.config.seed, self.rank, epoch])
 
     def _set_epoch_lr(self, epoch: float) -> None:
         factor = lr_lambda(self.epochs, self.config.lrf, self.config.cos_lr)(epoch)
@@ -329,8 +319,6 @@ class Trainer:
         cfg = self.config
         self.model.train()
         self._seed_epoch(epoch)
-        if self.distributed and hasattr(self.loader.sampler, "set_epoch"):
-            self.loader.sampler.set_epoch(epoch)
         self._set_epoch_lr(epoch)
         self.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, float] = {}
