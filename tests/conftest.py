@@ -19,3 +19,36 @@ import pytest
 def _private_cache_dir(tmp_path_factory, monkeypatch):
     """Label caches of a test run go to a temporary folder, never to the user's ~/.cache."""
     monkeypatch.setenv("LEYOLO_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "leyolo-cache"))
+
+
+# Shared by the export and predict tests: the published nano (or an untrained leyolo-n), a score
+# threshold that keeps boxes for it, and three images of different shapes. Module-scoped.
+@pytest.fixture(scope="module")
+def detector():
+    from shared_data import sample_detector
+
+    return sample_detector()
+
+
+@pytest.fixture(scope="module")
+def conf() -> float:
+    from shared_data import sample_conf
+
+    return sample_conf()
+
+
+@pytest.fixture(scope="module")
+def images():
+    from shared_data import sample_images
+
+    return sample_images()
+
+
+@pytest.fixture(scope="module")
+def nano():
+    """The published nano checkpoint (tests using it are marked ``needs_shared``)."""
+    from shared_data import NANO
+
+    import leyolo
+
+    return leyolo.load(NANO)

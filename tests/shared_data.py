@@ -54,3 +54,19 @@ def sample_detector():
 def sample_conf() -> float:
     """A score threshold that keeps some boxes: an untrained head scores everything near its prior."""
     return 0.25 if HAVE_SHARED else 0.001
+
+
+def randomise_batchnorm(model, seed: int = 0) -> None:
+    """Non-trivial BatchNorm statistics and affine parameters (fresh ones are identities), so that
+    fusing changes the convs and parity checks compare something."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                n = m.num_features
+                m.running_mean.copy_(torch.randn(n, generator=gen) * 0.2)
+                m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+                m.weight.copy_(torch.rand(n, generator=gen) + 0.5)
+                m.bias.copy_(torch.randn(n, generator=gen) * 0.2)

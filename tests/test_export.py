@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from shared_data import COCO_MINI, HAVE_SHARED, NANO, needs_shared, sample_conf, sample_detector, sample_images
+from shared_data import COCO_MINI, HAVE_SHARED, NANO, needs_shared
 
 import leyolo
 from leyolo.cli import main
@@ -24,21 +24,6 @@ from leyolo.inference.backends import OnnxRuntimeBackend, OpenVinoBackend, Torch
 from leyolo.ops import postprocess
 
 IMGSZ = 320
-
-
-@pytest.fixture(scope="module")
-def detector() -> leyolo.Detector:
-    return sample_detector()
-
-
-@pytest.fixture(scope="module")
-def conf() -> float:
-    return sample_conf()
-
-
-@pytest.fixture(scope="module")
-def images() -> list[np.ndarray]:
-    return sample_images()
 
 
 @pytest.fixture(scope="module")

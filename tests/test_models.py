@@ -6,6 +6,7 @@ import functools
 
 import pytest
 import torch
+from shared_data import randomise_batchnorm
 
 import leyolo
 from leyolo.errors import LeyoloError
@@ -35,19 +36,6 @@ def _shared_model(name: str) -> DetectionModel:
     """One eval-mode model per name for read-only tests (never mutated)."""
     torch.manual_seed(0)
     return leyolo.create_model(name).eval()
-
-
-def _randomise_batchnorm(model: torch.nn.Module, seed: int = 0) -> None:
-    """Non-trivial BN statistics and affine parameters, so fusing actually changes the convs."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                n = m.num_features
-                m.running_mean.copy_(torch.randn(n, generator=gen) * 0.2)
-                m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
-                m.weight.copy_(torch.rand(n, generator=gen) + 0.5)
-                m.bias.copy_(torch.randn(n, generator=gen) * 0.2)
 
 
 def test_registry_lists_the_family():
@@ -157,7 +145,7 @@ def test_backward_reaches_every_trainable_parameter(name):
 def test_fuse_keeps_outputs(name):
     torch.manual_seed(0)
     model = leyolo.create_model(name)
-    _randomise_batchnorm(model)
+    randomise_batchnorm(model)
     model.eval()
     x = torch.rand(1, 3, 64, 96)
     with torch.no_grad():
@@ -189,7 +177,7 @@ def test_randomised_batchnorm_matters():
     a = leyolo.create_model("leyolo-n").eval()
     b = leyolo.create_model("leyolo-n").eval()
     b.load_state_dict(a.state_dict())
-    _randomise_batchnorm(b)
+    randomise_batchnorm(b)
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         assert not torch.allclose(a(x)[0], b(x)[0], atol=1e-3)

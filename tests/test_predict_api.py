@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from shared_data import HAVE_SHARED, needs_shared, sample_conf, sample_detector, sample_images
+from shared_data import HAVE_SHARED, needs_shared
 
 import leyolo
 from leyolo.errors import LeyoloError
@@ -16,21 +16,6 @@ from leyolo.inference.backends import OnnxRuntimeBackend, TorchBackend
 from leyolo.inference.predictor import PredictConfig, Predictor
 from leyolo.models.detector import DecodedModel
 from leyolo.structures import Results
-
-
-@pytest.fixture(scope="module")
-def detector() -> leyolo.Detector:
-    return sample_detector()
-
-
-@pytest.fixture(scope="module")
-def conf() -> float:
-    return sample_conf()
-
-
-@pytest.fixture(scope="module")
-def images() -> list[np.ndarray]:
-    return sample_images()
 
 
 @pytest.fixture(scope="module")

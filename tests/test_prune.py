@@ -16,7 +16,6 @@ import onnxruntime as ort
 import pytest
 import torch
 from shared_data import COCO_DATA as DATA
-from shared_data import NANO as WEIGHTS
 from shared_data import needs_shared
 from torch import nn
 
@@ -42,11 +41,6 @@ from leyolo.models.layers import InvertedBottleneck
 
 def _val_image() -> Path:
     return sorted((DATA.parent / "images" / "val2017").glob("*.jpg"))[0]
-
-
-@pytest.fixture(scope="module")
-def nano():
-    return leyolo.load(WEIGHTS)
 
 
 @pytest.fixture(scope="module")

@@ -36,11 +36,6 @@ def _run_cli(argv: list[str], monkeypatch) -> int:
 
 
 @pytest.fixture(scope="module")
-def nano():
-    return leyolo.load(WEIGHTS)
-
-
-@pytest.fixture(scope="module")
 def static_int8(nano, tmp_path_factory):
     out = tmp_path_factory.mktemp("quant") / "nano-int8.onnx"
     logging.getLogger("leyolo").setLevel(logging.ERROR)

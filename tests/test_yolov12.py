@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from shared_data import COCO_DATA, HAVE_SHARED
+from shared_data import COCO_DATA, HAVE_SHARED, randomise_batchnorm
 
 import leyolo
 from leyolo.cli import main
@@ -61,23 +61,11 @@ def _meta_model(name: str):
         return leyolo.create_model(name)
 
 
-def _randomise_batchnorm(model: torch.nn.Module, seed: int = 0) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                n = m.num_features
-                m.running_mean.copy_(torch.randn(n, generator=gen) * 0.2)
-                m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
-                m.weight.copy_(torch.rand(n, generator=gen) + 0.5)
-                m.bias.copy_(torch.randn(n, generator=gen) * 0.2)
-
-
 def _scored_model(name: str = "yolov12-n") -> torch.nn.Module:
     """An eval-mode model with non-trivial BatchNorm and class biases at zero, so scores are ~0.5, not ~1e-5."""
     torch.manual_seed(0)
     model = leyolo.create_model(name)
-    _randomise_batchnorm(model)
+    randomise_batchnorm(model)
     with torch.no_grad():
         for cls in model.head.cls:
             cls[-1].bias.zero_()
@@ -287,7 +275,7 @@ def test_fuse_keeps_outputs():
     torch.manual_seed(0)
     for name in FUSED_PARAMS:
         model = leyolo.create_model(name)
-        _randomise_batchnorm(model)
+        randomise_batchnorm(model)
         model.eval()
         x = torch.rand(1, 3, 64, 96)
         with torch.no_grad():
@@ -335,7 +323,7 @@ def _test_attention(dim, heads, area, turbo, seed=0, sharp=False):
             for m in attn.modules():
                 if isinstance(m, torch.nn.Conv2d):
                     m.weight.normal_(0, 0.3 if m.groups == 1 else 0.1)
-    _randomise_batchnorm(attn, seed)
+    randomise_batchnorm(attn, seed)
     return attn.eval()
 
 
