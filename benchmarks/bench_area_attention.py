@@ -15,20 +15,14 @@ import copy
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Callable
 
 
 def median_ms(fn: Callable[[], object], runs: int, warmup: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+    from leyolo.bench import time_calls
+
+    return statistics.median(time_calls(lambda _: fn(), None, runs, warmup)) * 1e3
 
 
 def main() -> int:

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 import leyolo
+from leyolo.bench import time_calls
 from leyolo.inference.sources import iter_frames
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -35,17 +36,6 @@ IMAGES = SHARED / "datasets" / "coco-mini" / "images" / "val2017"
 
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
-
-
-def time_calls(fn, arg, runs: int, warmup: int) -> list[float]:
-    for _ in range(warmup):
-        fn(arg)
-    out = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn(arg)
-        out.append(time.perf_counter() - start)
-    return out
 
 
 def machine() -> str:

@@ -127,14 +127,9 @@ def _chunk(count: int) -> int:
 # -------------------------------------------------------------------------------- measurements
 def median_latency_ms(run: Callable[[], Any], runs: int = 50, warmup: int = 5) -> float:
     """Median wall time of ``run()`` in milliseconds, after ``warmup`` untimed calls."""
-    for _ in range(warmup):
-        run()
-    times = []
-    for _ in range(max(runs, 1)):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+    from ..bench import time_calls
+
+    return 1000 * statistics.median(time_calls(lambda _: run(), None, max(runs, 1), warmup))
 
 
 def onnx_latency_ms(path: str | Path, imgsz: int, runs: int = 50) -> float:
