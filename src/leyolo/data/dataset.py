@@ -313,10 +313,6 @@ class DetectionDataset(Dataset):
         """Stop mosaic and mixup (last epochs: finish on images that look like inference inputs)."""
         self.mosaic_enabled = False
 
-    def reseed(self, seed: int) -> None:
-        """Fresh augmentation stream (called in each loader worker, so workers never repeat each other)."""
-        self.rng = np.random.default_rng(seed)
-
     # -- loading ----------------------------------------------------------------------------------
 
     def _read(self, index: int) -> tuple[np.ndarray, LabelRecord]:

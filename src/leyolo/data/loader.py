@@ -1,7 +1,8 @@
-"""DataLoader assembly: reproducible per-worker seeding, class-balanced sampling, DDP sharding.
+"""DataLoader assembly: per-epoch reproducible sampling, class-balanced sampling, DDP sharding.
 
-Augmentation randomness lives in each dataset copy's ``rng``; without reseeding, every worker
-would start from the same state and produce the same "random" augmentations in lock-step.
+Augmentation randomness does not depend on workers: ``EpochSampler`` yields ``(epoch, index)`` and
+the dataset seeds each item from ``(seed, epoch, index)``, so workers never repeat each other and
+any worker count gives the same batches.
 """
 
 from __future__ import annotations
@@ -13,25 +14,17 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 from torch.utils.data import (DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler, SequentialSampler,
-                              WeightedRandomSampler, get_worker_info)
+                              WeightedRandomSampler)
 
 from .dataset import collate
 
 
 def _seed_worker(worker_id: int, seed: int) -> None:
-    """Seed numpy, ``random`` and the dataset's own ``rng`` from (seed, worker id, torch's worker seed).
-
-    ``torch.initial_seed()`` inside a worker is the loader's per-iterator base seed plus the worker
-    id; the base seed comes from the loader's seeded generator, so runs repeat exactly while each
-    new iterator (a new epoch without persistent workers) gets fresh streams.
-    """
-    sequence = np.random.SeedSequence([seed, worker_id, torch.initial_seed()])
-    state = sequence.generate_state(2, dtype=np.uint32)
+    """Seed the global numpy and ``random`` generators of a worker (for third-party code that uses
+    them) from (seed, worker id, torch's worker seed, itself from the loader's seeded generator)."""
+    state = np.random.SeedSequence([seed, worker_id, torch.initial_seed()]).generate_state(1, dtype=np.uint32)
     np.random.seed(int(state[0]))
     random.seed(int(state[0]))
-    info = get_worker_info()
-    if info is not None and hasattr(info.dataset, "reseed"):
-        info.dataset.reseed(int(state[1]))
 
 
 class EpochSampler(Sampler):

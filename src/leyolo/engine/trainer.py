@@ -107,7 +107,6 @@ class Trainer:
         random.seed(seed)
         np.random.seed(seed)  # third-party code may still use the global generator
         torch.manual_seed(seed)
-        self.rng = np.random.default_rng(seed)
         if self.config.deterministic:
             # process-wide switches: remembered here and restored when training ends
             self._global_flags = (torch.are_deterministic_algorithms_enabled(),
