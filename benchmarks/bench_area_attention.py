@@ -20,7 +20,7 @@ from typing import Callable
 
 
 def median_ms(fn: Callable[[], object], runs: int, warmup: int) -> float:
-    from leyolo.bench import time_calls
+    from leyolo.tools.measure import time_calls
 
     return statistics.median(time_calls(lambda _: fn(), None, runs, warmup)) * 1e3
 
@@ -37,7 +37,7 @@ def main() -> int:
     import torch
 
     import leyolo
-    from leyolo.deploy.export import export_onnx
+    from leyolo.deploy.onnx_export import export_onnx
     from leyolo.inference.backends import onnxruntime_session
     from leyolo.models.attention import AreaAttention
 

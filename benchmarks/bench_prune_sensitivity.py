@@ -33,8 +33,8 @@ def main() -> int:
         return 1
 
     import leyolo
-    from leyolo.deploy.prune import calibration_batches, channel_prune, recalibrate_batchnorm
-    from leyolo.flops import count_gflops, count_params
+    from leyolo.tools.prune import calibration_batches, channel_prune, recalibrate_batchnorm
+    from leyolo.models.flops import count_gflops, count_params
 
     logging.getLogger("leyolo").setLevel(logging.ERROR)
     base = leyolo.load(args.model).model.float().eval()

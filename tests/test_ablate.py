@@ -9,13 +9,13 @@ import pytest
 
 from leyolo import cli
 from leyolo.data.synthetic import generate_shapes_dataset
-from leyolo.engine.ablate import load_base, parse_vary, plan_variants, run_ablation
+from leyolo.tools.ablate import load_base, parse_vary, plan_variants, run_ablation
 from leyolo.errors import LeyoloError
 
 
 @pytest.fixture
 def plugin_cli(monkeypatch):
-    monkeypatch.setattr(cli, "PLUGIN_MODULES", ("leyolo.bench", "leyolo.engine.ablate"))
+    monkeypatch.setattr(cli, "PLUGIN_MODULES", ("leyolo.tools.bench", "leyolo.tools.ablate"))
     return cli.main
 
 

@@ -13,15 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from leyolo import bench, cli
+from leyolo import cli
+from leyolo.tools import bench
 from leyolo.api import Detector
-from leyolo.bench import COLUMNS, Unavailable, quantize_int8, run_benchmark
+from leyolo.tools.bench import COLUMNS, Unavailable, quantize_int8, run_benchmark
 from leyolo.data.synthetic import NAMES, generate_shapes_dataset
-from leyolo.flops import count_gflops
-from leyolo.registry import create_model
+from leyolo.models.flops import count_gflops
+from leyolo.models.registry import create_model
 
 PNG = b"\x89PNG\r\n\x1a\n"
-HAVE_QUANTIZE = importlib.util.find_spec("leyolo.deploy.quantize") is not None
+HAVE_QUANTIZE = importlib.util.find_spec("leyolo.tools.quantize") is not None
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,7 @@ def shapes(tmp_path_factory) -> Path:
 @pytest.fixture
 def plugin_cli(monkeypatch):
     """The CLI with this module registered, as the lead will register it."""
-    monkeypatch.setattr(cli, "PLUGIN_MODULES", ("leyolo.bench", "leyolo.engine.ablate"))
+    monkeypatch.setattr(cli, "PLUGIN_MODULES", ("leyolo.tools.bench", "leyolo.tools.ablate"))
     return cli.main
 
 
@@ -94,7 +95,7 @@ def test_int8_without_data_or_quantize_module(monkeypatch, tmp_path):
     detector = Detector(create_model("leyolo-n"))
     with pytest.raises(Unavailable, match="needs --data"):
         quantize_int8(detector, None, 64, tmp_path / "q.onnx", 0)
-    monkeypatch.setitem(sys.modules, "leyolo.deploy.quantize", None)  # import fails as if not written yet
+    monkeypatch.setitem(sys.modules, "leyolo.tools.quantize", None)  # import fails as if not written yet
     with pytest.raises(Unavailable, match="unavailable"):
         quantize_int8(detector, tmp_path / "data.yaml", 64, tmp_path / "q.onnx", 8)
     rows = run_benchmark(["leyolo-n"], ["onnxruntime-int8"], [64], runs=1, warmup=0, isolate=False)
@@ -114,7 +115,7 @@ def test_merge_keeps_fastest_pass_and_largest_memory():
 @pytest.mark.parametrize("argv, message", [
     (["--models", "leyolo-x"], "unknown model 'leyolo-x'"),
     (["--models", "leyolo-n", "--backends", "tensorrt"], "unknown backend 'tensorrt'"),
-    (["--models", "leyolo-n", "--imgsz", "100"], "multiples of 32"),
+    (["--models", "leyolo-n", "--imgsz", "100"], "multiple of 32, got 100 (try 96 or 128)"),
     (["--models", "leyolo-n", "--imgsz", "64,abc"], "comma-separated integers"),
     (["--models", "leyolo-n", "--batch", "0"], "--batch"),
     (["--models", "leyolo-n", "--compare"], "--compare needs"),
@@ -136,7 +137,7 @@ def test_cli_prints_table(plugin_cli, capsys, tmp_path):
 
 
 def test_model_labels_are_short_and_unique():
-    from leyolo.bench import model_labels
+    from leyolo.tools.bench import model_labels
 
     assert model_labels(["leyolo-n", "runs/a/weights/best.safetensors", "runs/b/weights/best.safetensors"]) == [
         "leyolo-n", "a/weights/best", "b/weights/best"]

@@ -18,7 +18,7 @@ from shared_data import COCO_MINI, HAVE_SHARED, NANO, needs_shared
 import leyolo
 from leyolo.cli import main
 from leyolo.deploy.onnx_graph import NMS_OUTPUTS, append_nms
-from leyolo.deploy.openvino import openvino_xml
+from leyolo.inference.backends import openvino_xml
 from leyolo.errors import LeyoloError
 from leyolo.inference.backends import OnnxRuntimeBackend, OpenVinoBackend, TorchBackend, TorchScriptBackend
 from leyolo.ops import postprocess

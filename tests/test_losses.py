@@ -209,22 +209,22 @@ def test_distillation():
     torch.manual_seed(0)
     student = [torch.randn(1, 4 * BINS + 2, 64 // s, 64 // s, requires_grad=True) for s in STRIDES]
     base, base_items = crit(student, targets)
-    same, items = crit(student, targets, teacher_maps=[m.detach().clone() for m in student], distill_ratio=1.0)
+    same, items = crit(student, targets, teacher_raw=[m.detach().clone() for m in student], distill_ratio=1.0)
     assert abs(items["distill"].item()) < 1e-5
     assert same.item() == pytest.approx(base.item(), rel=1e-5)
     teacher = [torch.randn_like(m) for m in student]
-    loss, items = crit(student, targets, teacher_maps=teacher, distill_ratio=0.5)
+    loss, items = crit(student, targets, teacher_raw=teacher, distill_ratio=0.5)
     assert items["distill"].item() > 0.01
     assert loss.item() == pytest.approx(base.item() + 0.5 * items["distill"].item(), rel=1e-4)
     loss.backward()
     assert student[0].grad.abs().sum() > 0
     # Ratio 0 disables it; mismatched teacher layout is an error.
-    assert "distill" not in crit(student, targets, teacher_maps=teacher, distill_ratio=0.0)[1]
+    assert "distill" not in crit(student, targets, teacher_raw=teacher, distill_ratio=0.0)[1]
     with pytest.raises(ValueError):
-        crit(student, targets, teacher_maps=[torch.randn(1, 4 * BINS + 3, 64 // s, 64 // s) for s in STRIDES],
+        crit(student, targets, teacher_raw=[torch.randn(1, 4 * BINS + 3, 64 // s, 64 // s) for s in STRIDES],
              distill_ratio=1.0)
     with pytest.raises(ValueError):
-        crit(student, targets, teacher_maps=[torch.randn(1, 4 * BINS + 2, 96 // s, 96 // s) for s in STRIDES],
+        crit(student, targets, teacher_raw=[torch.randn(1, 4 * BINS + 2, 96 // s, 96 // s) for s in STRIDES],
              distill_ratio=1.0)
 
 

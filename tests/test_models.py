@@ -10,9 +10,9 @@ from shared_data import randomise_batchnorm
 
 import leyolo
 from leyolo.errors import LeyoloError
-from leyolo.flops import count_gflops, count_params
-from leyolo.models.detector import DetectionModel
-from leyolo.registry import get_entry
+from leyolo.models.flops import count_gflops, count_params
+from leyolo.models.graph import LayerGraphModel
+from leyolo.models.registry import get_entry
 
 # Facts of the published models (shared/reference/LEYOLO.md).
 PARAMS = {"leyolo-n": 1_120_480, "leyolo-s": 1_917_440, "leyolo-m": 2_402_744, "leyolo-l": 2_402_744}
@@ -32,7 +32,7 @@ MODELS = leyolo.list_models("leyolo*")  # other families have their own test fil
 
 
 @functools.lru_cache(maxsize=None)
-def _shared_model(name: str) -> DetectionModel:
+def _shared_model(name: str) -> LayerGraphModel:
     """One eval-mode model per name for read-only tests (never mutated)."""
     torch.manual_seed(0)
     return leyolo.create_model(name).eval()

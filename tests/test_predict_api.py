@@ -14,7 +14,7 @@ import leyolo
 from leyolo.errors import LeyoloError
 from leyolo.inference.backends import OnnxRuntimeBackend, TorchBackend
 from leyolo.inference.predictor import PredictConfig, Predictor
-from leyolo.models.detector import DecodedModel
+from leyolo.models.base import DecodedModel
 from leyolo.structures import Results
 
 

@@ -1,4 +1,4 @@
-"""Pruning (``leyolo.deploy.prune``): L1 unstructured sparsity, torch-pruning channel pruning, save/load/export.
+"""Pruning (``leyolo.tools.prune``): L1 unstructured sparsity, torch-pruning channel pruning, save/load/export.
 
 Channel pruning is checked on the published nano, whose graph has everything a dependency
 graph can get wrong: depthwise convs, residual adds in the inverted bottlenecks, and concats
@@ -22,10 +22,9 @@ from torch import nn
 import leyolo
 from leyolo import cli
 from leyolo.api import Detector
-from leyolo.deploy.prune import (
+from leyolo.tools.prune import (
     calibration_batches,
     channel_prune,
-    fit_to_state_dict,
     head_outputs,
     l1_unstructured,
     prunable_convs,
@@ -33,9 +32,10 @@ from leyolo.deploy.prune import (
     recalibrate_batchnorm,
     weight_sparsity,
 )
+from leyolo.weights.widths import fit_to_state_dict
 from leyolo.errors import LeyoloError
-from leyolo.flops import count_gflops, count_params
-from leyolo.models.detector import DecodedModel
+from leyolo.models.flops import count_gflops, count_params
+from leyolo.models.base import DecodedModel
 from leyolo.models.layers import InvertedBottleneck
 
 
@@ -187,7 +187,7 @@ def _tiny_dataset(root: Path) -> Path:
 def test_prune_cli_finetunes_on_tiny_dataset(tmp_path, monkeypatch, capsys):
     data = _tiny_dataset(tmp_path / "data")
     out = tmp_path / "pruned.safetensors"
-    monkeypatch.setattr(cli, "PLUGIN_MODULES", tuple(dict.fromkeys((*cli.PLUGIN_MODULES, "leyolo.deploy.prune"))))
+    monkeypatch.setattr(cli, "PLUGIN_MODULES", tuple(dict.fromkeys((*cli.PLUGIN_MODULES, "leyolo.tools.prune"))))
     rc = cli.main(["prune", "--model", "leyolo-n", "--method", "channel", "--ratio", "0.3", "--data", str(data),
                    "--finetune-epochs", "1", "--imgsz", "64", "--batch", "4", "--workers", "0", "--runs", "1",
                    "--bn-images", "6", "--round-to", "4",

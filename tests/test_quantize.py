@@ -1,4 +1,4 @@
-"""Post-training quantization (``leyolo.deploy.quantize``) on the published nano and coco-mini.
+"""Post-training quantization (``leyolo.tools.quantize``) on the published nano and coco-mini.
 
 The static run calibrates on only 8 train images at 320 px (minmax, to stay fast), so the
 mAP bound tested here is 0.03; the issue's bar of 0.015 is for a full calibration at 640
@@ -19,8 +19,8 @@ from shared_data import needs_shared
 import leyolo
 from leyolo import cli
 from leyolo.deploy import quant_graph
-from leyolo.deploy.export import read_onnx_metadata
-from leyolo.deploy.quantize import quantize
+from leyolo.deploy.onnx_export import read_onnx_metadata
+from leyolo.tools.quantize import quantize
 from leyolo.errors import LeyoloError
 
 IMGSZ = 320
@@ -31,7 +31,7 @@ def _val_image() -> Path:
 
 
 def _run_cli(argv: list[str], monkeypatch) -> int:
-    monkeypatch.setattr(cli, "PLUGIN_MODULES", tuple(dict.fromkeys((*cli.PLUGIN_MODULES, "leyolo.deploy.quantize"))))
+    monkeypatch.setattr(cli, "PLUGIN_MODULES", tuple(dict.fromkeys((*cli.PLUGIN_MODULES, "leyolo.tools.quantize"))))
     return cli.main(argv)
 
 

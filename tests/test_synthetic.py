@@ -72,7 +72,7 @@ def test_synth_cli(tmp_path, capsys) -> None:
 
 def test_demo_pipeline_end_to_end(tmp_path) -> None:
     """The demo's plumbing on a tiny budget (its quality is measured in BENCHMARKS.md, not here)."""
-    from leyolo.demo import run_demo
+    from leyolo.tools.demo import run_demo
 
     lines = list(run_demo(tmp_path / "demo", minutes=0.02, n_train=8, n_val=4, imgsz=64, workers=0))
     text = "\n".join(lines)

@@ -13,13 +13,14 @@ from shared_data import COCO_DATA, HAVE_SHARED, randomise_batchnorm
 
 import leyolo
 from leyolo.cli import main
-from leyolo.flops import count_gflops, count_params, has_attention
+from leyolo.models.flops import count_gflops, count_params, has_attention
+from leyolo.inference.backends import load_torchscript
 from leyolo.losses import build_criterion
 from leyolo.models.attention import RELAN, AreaAttention, AttentionBlock
 from leyolo.models.heads import DecoupledHead, DenseHead, DNiNHead
 from leyolo.models.layers import C3k2
 from leyolo.models.yolov12 import ultralytics_key
-from leyolo.registry import get_entry
+from leyolo.models.registry import get_entry
 
 # shared/reference/YOLOV12.md, section 4 (nc=80, 640x640).
 PARAMS = {
@@ -428,7 +429,7 @@ def test_state_dict_layout_maps_to_ultralytics_keys():
 
 def test_onnx_export_matches_torch(tmp_path):
     ort = pytest.importorskip("onnxruntime")
-    from leyolo.deploy.export import export_onnx
+    from leyolo.deploy.onnx_export import export_onnx
 
     model = _scored_model()
     path = export_onnx(model, tmp_path / "yolov12-n.onnx", imgsz=320)
@@ -460,7 +461,7 @@ def test_cli_info_labels_attention_counts(capsys):
 def test_torchscript_export_matches_torch_at_any_size(tmp_path):
     model = _scored_model()
     path = leyolo.Detector(model).export(tmp_path / "yolov12-n.torchscript", imgsz=320)
-    traced = torch.jit.load(str(path))
+    traced = load_torchscript(path)
     for hw in ((320, 320), (256, 416)):  # traced at 320: area attention must not bake in the token count
         x = torch.rand(1, 3, *hw)
         with torch.no_grad():
@@ -473,7 +474,7 @@ def test_torchscript_export_matches_torch_at_any_size(tmp_path):
 
 
 def test_prune_l1_works_and_channel_is_refused(tmp_path):
-    from leyolo.deploy.prune import channel_prune, prune, weight_sparsity
+    from leyolo.tools.prune import channel_prune, prune, weight_sparsity
     from leyolo.errors import LeyoloError
 
     torch.manual_seed(0)
@@ -492,7 +493,7 @@ def test_prune_l1_works_and_channel_is_refused(tmp_path):
 @pytest.mark.skipif(not HAVE_SHARED, reason="needs coco-mini images for calibration under ../shared")
 def test_static_int8_quantization_runs_and_tracks_fp32(tmp_path):
     ort = pytest.importorskip("onnxruntime")
-    from leyolo.deploy.quantize import quantize
+    from leyolo.tools.quantize import quantize
 
     model = _scored_model()
     result = quantize(leyolo.Detector(model), COCO_DATA, method="static", calib_images=4, calibration="minmax",

@@ -5,20 +5,10 @@
 >>> results = detector.predict("bus.jpg")
 """
 
-from .api import Detector, convert, load
+from .api import Detector, convert, load, train
 from .errors import LeyoloError, UnsafeCheckpointError
-from .registry import create_model, list_models
+from .models.registry import create_model, list_models
 from .structures import Results
-
-
-def train(model="leyolo-n", data="", **overrides):
-    """Train from scratch (model name), fine-tune (weights file) or resume (``resume=run_dir``).
-
-    See ``leyolo.engine.trainer.train``; keyword arguments are ``TrainConfig`` fields.
-    """
-    from .engine.trainer import train as _train
-
-    return _train(model, data, **overrides)
 
 __all__ = ["Detector", "LeyoloError", "Results", "UnsafeCheckpointError", "convert", "create_model", "list_models",
            "load", "train"]

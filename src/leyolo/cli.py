@@ -46,7 +46,8 @@ def _unit_float(text: str) -> float:
     return value
 
 
-EXPORT_FORMATS = ["onnx", "torchscript", "openvino"]  # leyolo.deploy.export.FORMATS (kept here: no heavy import)
+EXPORT_FORMATS = ["onnx", "torchscript", "openvino"]  # leyolo.deploy.base.FORMATS (kept here: no heavy import)
+BACKEND_CHOICES = ["auto", "torch", "onnxruntime", "torchscript", "openvino"]  # leyolo.inference.backends.CHOICES
 
 
 def _add_model(p: argparse.ArgumentParser) -> None:
@@ -87,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(p)
     p.add_argument("--data", required=True, type=Path, help="data.yaml (YOLO txt labels and/or COCO json)")
     p.add_argument("--split", default="val", help="which split of data.yaml to score (default: val)")
-    _add_inference_args(p, conf=0.001)
+    _add_inference_args(p, conf=None)
     p.add_argument("--single-label", action="store_true",
                    help="keep only each box's best class (as predict does); default keeps every class above conf")
     p.add_argument("--json", type=Path, dest="json_out", help="write COCO-format detections to this file")
@@ -177,15 +178,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_inference_args(p: argparse.ArgumentParser, conf: float) -> None:
+def _add_inference_args(p: argparse.ArgumentParser, conf: float | None) -> None:
     p.add_argument("--imgsz", type=_positive_int, help="longest image side fed to the network (default: model's)")
-    p.add_argument("--conf", type=_unit_float, default=conf, help=f"score threshold (default {conf})")
+    p.add_argument("--conf", type=_unit_float, default=conf,
+                   help=f"score threshold (default {conf})" if conf is not None else
+                   "score threshold (default 0.001; 0 for set predictors, which keep their top 300)")
     p.add_argument("--iou", type=_unit_float, default=0.7, help="NMS IoU threshold (default 0.7)")
     p.add_argument("--max-det", type=_positive_int, default=300, help="detections kept per image (default 300)")
     p.add_argument("--batch", type=_positive_int, default=1, help="images per forward pass (default 1)")
-    p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime", "torchscript", "openvino"],
-                   help="inference engine (an exported model uses its own runtime)")
+    p.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
+                   help="inference engine; auto (default): the fastest this machine has for the device "
+                        "(onnxruntime on CPU, torch on CUDA; an export uses its own runtime)")
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:0 (default cpu)")
+    p.add_argument("--threads", type=_positive_int,
+                   help="CPU threads for the runtime (default: the CPUs this process may use)")
 
 
 def _version() -> str:
@@ -196,7 +202,7 @@ def _version() -> str:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from .api import load
-    from .summary import extra_gflops, layer_table
+    from .models.summary import extra_gflops, layer_table
 
     detector = load(args.model)
     info = detector.info(args.imgsz)
@@ -220,8 +226,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     detector = load(args.model)
     stream = detector.stream(
-        args.source, backend=args.backend, device=args.device, imgsz=args.imgsz or detector.meta.imgsz,
-        conf=args.conf, iou=args.iou, max_det=args.max_det, batch=args.batch,
+        args.source, backend=args.backend, device=args.device, threads=args.threads,
+        imgsz=args.imgsz or detector.meta.imgsz, conf=args.conf, iou=args.iou, max_det=args.max_det, batch=args.batch,
     )
     writer = PredictionWriter(
         args.save_dir, args.source, save_images=not args.no_save, save_txt=args.save_txt, save_json=args.save_json,
@@ -251,7 +257,7 @@ def cmd_val(args: argparse.Namespace) -> int:
         metrics = detector.val(
             args.data, split=args.split, imgsz=args.imgsz, batch=args.batch, conf=args.conf, iou=args.iou,
             max_det=args.max_det, single_label=args.single_label, backend=args.backend, device=args.device,
-            json_path=args.json_out, verbose=args.verbose, progress=progress,
+            threads=args.threads, json_path=args.json_out, verbose=args.verbose, progress=progress,
         )
     finally:
         if bar is not None:
@@ -310,7 +316,7 @@ def _launch_distributed(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .engine.trainer import train
+    from .api import train
 
     device = getattr(args, "device", None) or ""
     if "," in device and int(os.environ.get("WORLD_SIZE", 1)) == 1:
@@ -353,7 +359,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .tools.demo import run_demo
 
     logging.getLogger("leyolo").setLevel(logging.WARNING if args.quiet else logging.INFO)
     for line in run_demo(args.out, minutes=args.time, device=args.device):
@@ -363,8 +369,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 # Modules exposing ``add_cli(subparsers)``, which adds a parser with ``set_defaults(handler=fn)``
 # where ``fn(args) -> int``. Keep their imports light: heavy dependencies load inside ``fn``.
-PLUGIN_MODULES: tuple[str, ...] = ("leyolo.bench", "leyolo.engine.ablate", "leyolo.deploy.quantize",
-                                  "leyolo.deploy.prune")
+PLUGIN_MODULES: tuple[str, ...] = ("leyolo.tools.bench", "leyolo.tools.ablate", "leyolo.tools.quantize",
+                                  "leyolo.tools.prune")
 
 COMMANDS = {"train": cmd_train, "synth": cmd_synth, "demo": cmd_demo, "info": cmd_info, "predict": cmd_predict,
             "val": cmd_val, "export": cmd_export, "convert": cmd_convert}

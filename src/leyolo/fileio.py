@@ -1,11 +1,14 @@
-"""File writing that never leaves a half-written file behind."""
+"""File writing that never leaves a half-written file or folder behind."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable
+
+from .errors import LeyoloError
 
 
 def _umask() -> int:
@@ -29,4 +32,33 @@ def atomic_write(path: str | Path, write: Callable[[str], object]) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return path
+
+
+def atomic_dir(path: str | Path, write: Callable[[Path], object]) -> Path:
+    """Fill a temporary sibling folder with ``write(tmp)``, then swap it in for ``path``.
+
+    A crash leaves the old folder intact (at worst renamed to ``.<name>.old``, never half-written).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and not path.is_dir():
+        raise LeyoloError(f"{path}: exists and is not a folder")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    old = path.parent / f".{path.name}.old"
+    moved = False
+    try:
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; an output folder gets the usual mode
+        write(tmp)
+        if path.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            moved = True
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if moved and not path.exists():
+            os.replace(old, path)  # the swap itself failed: put the previous export back
+        raise
+    shutil.rmtree(old, ignore_errors=True)
     return path

@@ -11,6 +11,24 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from .errors import LeyoloError
+
+
+def check_imgsz(imgsz: int, stride: int = 32, option: str = "--imgsz") -> int:
+    """``imgsz`` if it is a positive multiple of ``stride``, else a ``LeyoloError`` naming the nearest ones.
+
+    Every network here halves its maps five times and concatenates across levels, so inputs
+    must divide by the largest stride; the message offers the two valid sizes around the value.
+    """
+    if isinstance(imgsz, bool) or not isinstance(imgsz, int) or imgsz <= 0 or imgsz % stride:
+        if isinstance(imgsz, int) and not isinstance(imgsz, bool) and imgsz > 0:
+            low = max(stride, imgsz // stride * stride)
+            hint = f" (try {low} or {low + stride})" if low != imgsz else ""
+        else:
+            hint = ""
+        raise LeyoloError(f"{option} must be a positive multiple of {stride}, got {imgsz}{hint}")
+    return imgsz
+
 
 @dataclass(frozen=True)
 class LetterboxInfo:
@@ -162,6 +180,34 @@ class Detections:
     @classmethod
     def empty(cls) -> "Detections":
         return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
+
+
+def topk_postprocess(prediction: np.ndarray, conf: float = 0.25, max_det: int = 300,
+                     classes: np.ndarray | None = None) -> Detections:
+    """Decoded output of a set predictor ``[4 + nc, Q]`` -> its ``max_det`` best (query, class) pairs.
+
+    A set predictor (a DETR) gives each object one query, so no NMS runs: the detections are
+    the highest scores over all queries x classes above ``conf``, a query appearing once per
+    class it scores (the DETR evaluation protocol), highest first, ties by query then class.
+    """
+    boxes_all, scores_all = prediction[:4], prediction[4:]  # [4, Q], [nc, Q]
+    if classes is not None:
+        mask_cls = np.zeros(scores_all.shape[0], dtype=bool)
+        mask_cls[classes] = True
+        scores_all = np.where(mask_cls[:, None], scores_all, 0)
+    flat = np.ascontiguousarray(scores_all.T).reshape(-1)  # query-major: index = q * nc + c
+    k = min(max_det, flat.size)
+    if k == 0:
+        return Detections.empty()
+    top = np.sort(np.argpartition(-flat, k - 1)[:k]) if k < flat.size else np.arange(flat.size)
+    top = top[np.argsort(-flat[top], kind="stable")]
+    top = top[flat[top] > conf]
+    if top.size == 0:
+        return Detections.empty()
+    nc = scores_all.shape[0]
+    query, cls = top // nc, top % nc
+    boxes = np.ascontiguousarray(boxes_all[:, query].T, dtype=np.float32)
+    return Detections(boxes, flat[top].astype(np.float32), cls.astype(np.int64))
 
 
 def postprocess(

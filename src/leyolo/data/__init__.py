@@ -1,1 +1,1 @@
-"""Data: image decoding, dataset descriptions (data.yaml), and later training datasets."""
+"""Data: image decoding, dataset descriptions (data.yaml), training datasets, augmentations, loaders, synthetic shapes."""

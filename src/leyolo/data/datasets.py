@@ -15,7 +15,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import yaml
 
-from ..errors import LeyoloError
+from ..errors import LeyoloError, first_line
 from .images import IMAGE_SUFFIXES, read_image
 
 SPLIT_KEYS = ("train", "val", "test")
@@ -90,7 +90,7 @@ def load_data_yaml(path: str | Path) -> DatasetSpec:
         line = f" at line {exc.problem_mark.line + 1}" if exc.problem_mark is not None else ""
         raise LeyoloError(f"{where}: invalid YAML{line}: {exc.problem or exc.context}") from None
     except yaml.YAMLError as exc:
-        raise LeyoloError(f"{where}: invalid YAML: {str(exc).splitlines()[0]}") from None
+        raise LeyoloError(f"{where}: invalid YAML: {first_line(exc)}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise LeyoloError(f"{where}: cannot read ({exc})") from None
     if not isinstance(doc, dict):

@@ -1,1 +1,1 @@
-"""Deployment: export (ONNX), later quantization and pruning."""
+"""Deployment: exports (ONNX, TorchScript, OpenVINO) with their metadata, ONNX graph edits, quantization graph facts."""

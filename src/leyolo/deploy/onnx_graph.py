@@ -1,6 +1,6 @@
-"""ONNX graph edits done after the torch export: simplification and end-to-end NMS.
+"""ONNX graph edits done after the torch export: simplification and the end-to-end postprocess.
 
-The NMS tail follows TensorRT's EfficientNMS output layout, which most deployment code
+Both tails (NMS for dense models, top-k for set predictors) follow TensorRT's EfficientNMS output layout, which most deployment code
 already reads:
 
 - ``num_dets``    ``[B, 1]``          int32: how many rows of the others are real;
@@ -11,7 +11,8 @@ already reads:
 Rows past ``num_dets`` are zero. It is built from the standard ``NonMaxSuppression`` op,
 which is per-class NMS over every (class, box) pair above the score threshold: exactly the
 numpy ``postprocess`` with ``multi_label=True``. Single-label masks each box to its best
-class first, as ``postprocess`` does by default.
+class first, as ``postprocess`` does by default. The top-k tail is ``ops.topk_postprocess``:
+the ``max_det`` best (query, class) pairs, no NMS.
 """
 
 from __future__ import annotations
@@ -20,21 +21,19 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import LeyoloError
+from ..errors import LeyoloError, first_line
+from ..optional import require
 
 NMS_OUTPUTS = ("num_dets", "det_boxes", "det_scores", "det_classes")
 
 
 def simplify(proto: Any) -> Any:
     """Run onnxslim (constant folding, dead-node removal, pattern fusions) on ``proto``."""
-    try:
-        import onnxslim
-    except ImportError as exc:
-        raise LeyoloError("--simplify needs onnxslim: pip install 'leyolo[export]' (or pip install onnxslim)") from exc
+    onnxslim = require("onnxslim", "--simplify")
     try:
         return onnxslim.slim(proto)
     except Exception as exc:  # onnxslim raises assorted errors on graphs it cannot handle
-        raise LeyoloError(f"onnxslim failed to simplify the graph ({type(exc).__name__}: {exc}); "
+        raise LeyoloError(f"onnxslim failed to simplify the graph ({type(exc).__name__}: {first_line(exc)}); "
                           "export without --simplify") from exc
 
 
@@ -136,6 +135,14 @@ def append_nms(proto: Any, nc: int, conf: float, iou: float, max_det: int, multi
         "det_scores": b.op("Where", [valid, top_scores, zero_f]),
         "det_classes": b.op("Cast", [b.op("Where", [valid, classes, zero_i])], to=TensorProto.INT32),
     }
+    _set_outputs(graph, outputs, batch_dim, max_det)
+    return proto
+
+
+def _set_outputs(graph: Any, outputs: dict[str, str], batch_dim: Any, max_det: int) -> None:
+    """Name the four end-to-end outputs and declare their shapes."""
+    from onnx import TensorProto, helper
+
     for name, tensor in outputs.items():
         graph.node.append(helper.make_node("Identity", [tensor], [name], name=f"nms/{name}"))
     shapes = {"num_dets": (TensorProto.INT32, [batch_dim, 1]),
@@ -144,4 +151,47 @@ def append_nms(proto: Any, nc: int, conf: float, iou: float, max_det: int, multi
               "det_classes": (TensorProto.INT32, [batch_dim, max_det])}
     del graph.output[:]
     graph.output.extend(helper.make_tensor_value_info(n, *shapes[n]) for n in NMS_OUTPUTS)
+
+
+def append_topk(proto: Any, nc: int, conf: float, max_det: int) -> Any:
+    """Replace a set predictor's decoded output ``[B, 4 + nc, Q]`` by the EfficientNMS-style outputs, in place.
+
+    Scores are flattened query-major (``q * nc + c``, as ``ops.topk_postprocess``) and padded with
+    ``max_det`` scores of -1, so TopK(max_det) is valid whatever ``Q * nc`` is; padding rows and rows
+    at or below ``conf`` are the invalid ones (zeroed, not counted in ``num_dets``).
+    """
+    from onnx import TensorProto, helper
+
+    graph = proto.graph
+    if len(graph.output) != 1:
+        raise LeyoloError("--nms needs the plain decoded export (one output)")
+    decoded = graph.output[0].name
+    dims = graph.output[0].type.tensor_type.shape.dim
+    batch_dim = dims[0].dim_param or dims[0].dim_value
+    b = _GraphBuilder(graph)
+    i64, f32 = np.int64, np.float32
+    boxes = b.op("Transpose", [b.op("Slice", [decoded, b.const([0], i64), b.const([4], i64), b.const([1], i64)])],
+                 perm=[0, 2, 1])  # [B, Q, 4]
+    scores = b.op("Transpose", [b.op("Slice", [decoded, b.const([4], i64), b.const([4 + nc], i64), b.const([1], i64)])],
+                  perm=[0, 2, 1])  # [B, Q, nc]
+    flat = b.op("Reshape", [scores, b.const([0, -1], i64)])  # [B, Q * nc]
+    n_batch = b.op("Slice", [b.op("Shape", [decoded]), b.const([0], i64), b.const([1], i64)])  # [1]
+    pad_shape = b.op("Concat", [n_batch, b.const([max_det], i64)], axis=0)
+    pad = b.op("ConstantOfShape", [pad_shape], value=helper.make_tensor("minus_one", TensorProto.FLOAT, [1], [-1.0]))
+    padded = b.op("Concat", [flat, pad], axis=1)
+    top_scores, top_index = b.op("TopK", [padded, b.const([max_det], i64)], n_out=2, axis=1, largest=1, sorted=1)
+    valid = b.op("Greater", [top_scores, b.const(float(conf), f32)])  # padding (-1) is never valid
+    n_query = b.op("Gather", [b.op("Shape", [boxes]), b.const(1, i64)], axis=0)
+    query = b.op("Min", [b.op("Div", [top_index, b.const(nc, i64)]), b.op("Sub", [n_query, b.const(1, i64)])])
+    classes = b.op("Mod", [top_index, b.const(nc, i64)])
+    det_boxes = b.op("GatherND", [boxes, b.op("Unsqueeze", [query, b.const([2], i64)])], batch_dims=1)  # [B, K, 4]
+    zero_f, zero_i = b.const(0.0, f32), b.const(0, i64)
+    outputs = {
+        "num_dets": b.op("Cast", [b.op("ReduceSum", [b.op("Cast", [valid], to=TensorProto.INT64), b.const([1], i64)],
+                                       keepdims=1)], to=TensorProto.INT32),
+        "det_boxes": b.op("Where", [b.op("Unsqueeze", [valid, b.const([2], i64)]), det_boxes, zero_f]),
+        "det_scores": b.op("Where", [valid, top_scores, zero_f]),
+        "det_classes": b.op("Cast", [b.op("Where", [valid, classes, zero_i])], to=TensorProto.INT32),
+    }
+    _set_outputs(graph, outputs, batch_dim, max_det)
     return proto

@@ -3,6 +3,8 @@
 The trace records shape arithmetic (``aten::size``, ``arange``), so one trace serves every
 batch size and every multiple-of-32 input size: TorchScript exports are always dynamic.
 The metadata travels inside the archive as an extra file, readable with ``zipfile`` alone.
+Loading an archive to run it is ``leyolo.inference.backends.load_torchscript``: it runs
+TorchScript code, so it is meant for files the user made or trusts.
 """
 
 from __future__ import annotations
@@ -17,15 +19,14 @@ import torch
 
 from ..errors import LeyoloError
 from ..fileio import atomic_write
-from ..models.detector import DetectionModel
+from ..models.base import DetectionModel
+from .base import decoded_graph
 
 EXTRA_FILE = "leyolo.json"
 
 
 def trace_decoded(model: DetectionModel, imgsz: int) -> torch.jit.ScriptModule:
     """Trace the CPU fp32 fused ``DecodedModel`` of ``model`` at ``imgsz``."""
-    from .export import decoded_graph
-
     graph = decoded_graph(model)
     with warnings.catch_warnings():  # torch 2.13 marks jit.trace deprecated; it is still the portable archive
         warnings.simplefilter("ignore")
@@ -59,21 +60,3 @@ def read_torchscript_metadata(path: str | Path) -> dict[str, Any]:
         raise LeyoloError(f"{path}: not a TorchScript archive ({type(exc).__name__})") from exc
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise LeyoloError(f"{path}: corrupt leyolo metadata in TorchScript archive") from exc
-
-
-def load_torchscript(path: str | Path) -> torch.jit.ScriptModule:
-    """Load an exported archive on CPU.
-
-    Trust: ``torch.jit.load`` does not run a general pickle (tensors and constants go through
-    TorchScript's restricted unpickler, no arbitrary Python imports), but the archive's code is
-    TorchScript that runs with every operator torch registers. It is not a sandbox: load only
-    exports you made or trust, as you would an executable.
-    """
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            module = torch.jit.load(str(path), map_location="cpu")
-    except Exception as exc:  # RuntimeError with a C++ backtrace; keep one line
-        first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-        raise LeyoloError(f"{path}: torch cannot load this TorchScript archive ({first})") from exc
-    return module.eval()

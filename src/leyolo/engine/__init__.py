@@ -1,1 +1,1 @@
-"""Engine: evaluation now; training later."""
+"""Engine: the training loop (hooks, EMA, AMP, DDP, resume), COCO evaluation and validation."""

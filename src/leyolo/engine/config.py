@@ -12,6 +12,7 @@ from typing import Any
 
 from ..data.transforms import AugmentConfig
 from ..errors import LeyoloError
+from ..ops import check_imgsz
 
 RECIPES: dict[str, dict[str, Any]] = {
     "scratch": {"lr0": 0.01, "warmup_epochs": 3.0, "warmup_bias_lr": 0.1, "mosaic": 1.0, "close_mosaic": 10},
@@ -84,8 +85,7 @@ class TrainConfig(AugmentConfig):
         return cfg
 
     def check(self) -> None:
-        if self.imgsz <= 0 or self.imgsz % 32:
-            raise LeyoloError(f"--imgsz must be a positive multiple of 32, got {self.imgsz}")
+        check_imgsz(self.imgsz)
         for name in ("epochs", "batch", "nbs"):
             if getattr(self, name) < 1:
                 raise LeyoloError(f"--{name} must be at least 1")

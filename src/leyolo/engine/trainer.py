@@ -14,7 +14,7 @@ import random
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -22,15 +22,22 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.dataset import DetectionDataset
+from ..data.datasets import load_data_yaml
+from ..data.loader import build_dataloader, class_weights_from_counts, weighted_sampler
 from ..errors import LeyoloError
+from ..inference.backends import TorchBackend, torch_device
+from ..inference.predictor import Predictor
+from ..losses import build_criterion
+from ..models.base import DetectionModel
+from ..models.registry import create_model, list_models
+from ..weights.loading import load_model
 from .checkpoint import load_checkpoint, save_checkpoint, split_resume_state
 from .config import TrainConfig
 from .ema import ModelEMA, unwrap
 from .optim import build_optimizer, lr_lambda, warmup_value
 from .plots import append_results, plot_results
-
-if TYPE_CHECKING:
-    from ..models.detector import DetectionModel
+from .validate import val_settings, validate
 
 log = logging.getLogger("leyolo")
 
@@ -60,7 +67,7 @@ class Trainer:
     """Train a detector on a data.yaml dataset; see ``TrainConfig`` for the knobs."""
 
     def __init__(self, config: TrainConfig, callbacks: dict[str, list[Callback]] | None = None,
-                 model: "DetectionModel | None" = None) -> None:
+                 model: DetectionModel | None = None) -> None:
         self.requested = config
         self.initial_model = model  # an in-memory model to fine-tune (Detector.train); else built from config.model
         self.callbacks = callbacks or {}
@@ -95,8 +102,6 @@ class Trainer:
         if "," in spec:
             raise LeyoloError(f"--device {spec} names several devices: start with "
                               f"'torchrun --nproc_per_node {len(spec.split(','))} -m leyolo train ...'")
-        from ..inference.backends import torch_device
-
         return torch_device(spec)
 
     def _seed(self, seed: int) -> None:
@@ -118,36 +123,26 @@ class Trainer:
             torch.backends.cudnn.benchmark = False
 
     def setup(self) -> None:
-        from ..api import Detector, load
-        from ..data.dataset import DetectionDataset
-        from ..data.datasets import load_data_yaml
-        from ..losses import build_criterion
-
         cfg = self.requested
         resume_tensors = resume_meta = None
         if cfg.model and Path(str(cfg.model)).suffix == ".safetensors" and getattr(self, "_resume", False):
             resume_tensors, resume_meta = load_checkpoint(Path(cfg.model))
-        from ..registry import create_model, list_models
-
         spec = load_data_yaml(cfg.data)
         scratch = self.initial_model is None and str(cfg.model) in list_models()
         self.config = cfg = cfg.resolved(pretrained=not scratch)
         self.device = self._setup_device()
         self._seed(cfg.seed + self.rank)  # before the model is built: its initial weights follow --seed
         if self.initial_model is not None:
-            detector = Detector(copy.deepcopy(self.initial_model))
+            model = copy.deepcopy(self.initial_model)
         elif scratch:  # from scratch: build for the dataset's classes directly
-            detector = Detector(create_model(str(cfg.model), nc=spec.nc, names=list(spec.names)))
+            model = create_model(str(cfg.model), nc=spec.nc, names=list(spec.names))
         else:
-            detector = load(cfg.model)
-        if detector.model is None:
-            raise LeyoloError(f"{cfg.model}: an ONNX file cannot be trained; use .pt or .safetensors weights")
+            model = load_model(cfg.model)
         self.spec = spec
-        model = detector.model
         if list(model.names) != list(self.spec.names):
             if model.nc != self.spec.nc:
                 log.info("re-initialising class outputs: %d -> %d classes", model.nc, self.spec.nc)
-                model.head.reset_class_outputs(self.spec.nc)
+                model.reset_classes(self.spec.nc)
             model.meta.names = list(self.spec.names)
         model.meta.imgsz = cfg.imgsz
         # channels-last: depthwise-heavy nets train ~2x faster on CPU (oneDNN) and use tensor cores on GPU
@@ -156,23 +151,18 @@ class Trainer:
                                           seed=cfg.seed + self.rank)
         class_weights = None
         if cfg.class_weights or cfg.weighted_sampler:
-            from ..data.loader import class_weights_from_counts
-
             class_weights = class_weights_from_counts(self.train_set.class_counts())
             log.info("class weights: %s", np.round(class_weights, 3).tolist())
         self.class_weights = class_weights
-        self.criterion = build_criterion(
-            unwrap(self.model), box_gain=cfg.box, cls_gain=cfg.cls, dfl_gain=cfg.dfl, focal_gamma=cfg.focal_gamma,
-            focal_alpha=cfg.focal_alpha,
-            class_weights=torch.as_tensor(class_weights, dtype=torch.float32, device=self.device)
-            if cfg.class_weights else None,
-        )
+        weights = (torch.as_tensor(class_weights, dtype=torch.float32, device=self.device)
+                   if cfg.class_weights else None)
+        self.criterion = build_criterion(unwrap(self.model), {**cfg.to_dict(), "class_weights": weights})
         self.teacher = None
         if cfg.teacher:
-            teacher = load(cfg.teacher)
-            if teacher.model is None or teacher.model.nc != model.nc:
+            teacher = load_model(cfg.teacher)
+            if teacher.nc != model.nc:
                 raise LeyoloError(f"{cfg.teacher}: the teacher must be PyTorch weights with {model.nc} classes")
-            self.teacher = teacher.model.to(self.device).eval().requires_grad_(False)
+            self.teacher = teacher.to(self.device).eval().requires_grad_(False)
         if cfg.sync_bn and self.distributed and self.device.type == "cuda":
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.batch_size = max(cfg.batch // self.world_size, 1)
@@ -194,8 +184,6 @@ class Trainer:
             self.weights_dir.mkdir(parents=True, exist_ok=True)
 
     def _build_loader(self):
-        from ..data.loader import build_dataloader, weighted_sampler
-
         sampler = None
         if self.config.weighted_sampler and not self.distributed:
             sampler = weighted_sampler(self.train_set, self.class_weights, seed=self.config.seed)
@@ -363,7 +351,7 @@ class Trainer:
         if not ms:
             return images, targets
         size = self.config.imgsz
-        stride = max(unwrap(self.model).strides)
+        stride = unwrap(self.model).stride
         low, high = int(size * (1 - ms)) // stride, int(size * (1 + ms)) // stride
         new = int(self.rng.integers(max(low, 1), max(high, 1) + 1)) * stride
         if new == images.shape[-1]:
@@ -381,14 +369,14 @@ class Trainer:
         targets = batch["targets"].to(self.device)
         images, targets = self._scaled_batch(images, targets)
         with torch.autocast(self.device.type, enabled=self.scaler.is_enabled()):
-            maps = self.model(images)
-            teacher_maps = None
-            if self.teacher is not None:
+            raw = self.model(images)
+            if self.teacher is None:
+                loss, items = self.criterion(raw, targets)
+            else:
                 with torch.no_grad():
-                    teacher_maps = self.teacher(images)
-            loss, items = self.criterion(maps, targets, teacher_maps=teacher_maps,
-                                         distill_ratio=cfg.distill_ratio if teacher_maps is not None else 0.0,
-                                         distill_temperature=cfg.distill_temperature)
+                    teacher_raw = self.teacher(images)
+                loss, items = self.criterion(raw, targets, teacher_raw=teacher_raw, distill_ratio=cfg.distill_ratio,
+                                             distill_temperature=cfg.distill_temperature)
         if self.distributed:
             loss = loss * self.world_size
         if not torch.isfinite(loss):
@@ -407,13 +395,11 @@ class Trainer:
 
     # -------------------------------------------------------------------- validation & saving
     def validate(self) -> dict[str, Any]:
-        from ..api import Detector
-        from .validate import validate
-
-        detector = Detector(self.ema.ema)
-        metrics = validate(detector, self.config.data, imgsz=self.config.imgsz, batch=1,
-                           device=str(self.device) if self.device.type == "cuda" else "cpu")
-        return metrics
+        """COCO metrics of the EMA weights on the val split (the standard protocol of their output kind)."""
+        model = self.ema.ema
+        backend = TorchBackend(model, str(self.device) if self.device.type == "cuda" else "cpu")
+        predictor = Predictor.for_meta(backend, model.meta, **val_settings(model.meta.kind, imgsz=self.config.imgsz))
+        return validate(predictor, self.config.data)
 
     def _after_epoch(self, epoch: int, losses: dict[str, float]) -> None:
         cfg = self.config
@@ -447,7 +433,7 @@ def _plain(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) and k != "text"}
 
 
-def train(model: "str | Path | DetectionModel" = "leyolo-n", data: str | Path = "", resume: str | Path | None = None,
+def train(model: str | Path | DetectionModel = "leyolo-n", data: str | Path = "", resume: str | Path | None = None,
           callbacks: dict[str, list[Callback]] | None = None, **overrides: Any) -> dict[str, Any]:
     """Train (or resume) and return paths and final metrics.
 

@@ -1,1 +1,1 @@
-"""Inference: image sources, backends (torch, onnxruntime) and the predictor that joins them."""
+"""Inference: image sources, backends (torch, onnxruntime, torchscript, openvino) and the predictor that joins them."""

@@ -1,15 +1,19 @@
 """Backends run a letterboxed float batch ``[B, 3, H, W]`` and return its network output.
 
-Most return decoded ``[B, 4 + nc, A]`` so one numpy postprocess serves them all. A backend
-whose ``end_to_end`` is true runs an export with NMS inside the graph and returns an
-``NmsBatch`` (EfficientNMS layout, boxes still in letterboxed pixels) instead; ``nms`` then
-holds the thresholds baked into it (or ``None`` when unknown).
+Most return decoded ``[B, 4 + nc, N]`` so one numpy postprocess serves them all. A backend
+whose ``end_to_end`` is true runs an export with its postprocess inside the graph (NMS, or
+top-k for set predictors) and returns an ``NmsBatch`` (EfficientNMS layout, boxes still in
+letterboxed pixels) instead; ``nms`` then holds the thresholds baked into it (or ``None``).
+
+This module runs exports; writing them is ``leyolo.deploy``'s job. ``auto_backend`` picks the
+fastest runtime this machine has for a device.
 """
 
 from __future__ import annotations
 
 import copy
-import os
+import importlib.util
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
@@ -17,12 +21,18 @@ from typing import Any, Callable, Protocol, Sequence
 import numpy as np
 import torch
 
-from ..errors import LeyoloError
-from ..models.detector import DecodedModel, DetectionModel
+from ..errors import LeyoloError, first_line
+from ..models.base import DecodedModel, DetectionModel
 from ..ops import Detections
+from ..optional import require
+from .cpus import usable_cpus
 
 BACKENDS = ("torch", "onnxruntime", "torchscript", "openvino")
-NMS_OUTPUTS = ("num_dets", "det_boxes", "det_scores", "det_classes")  # same as deploy.onnx_graph
+CHOICES = ("auto", *BACKENDS)
+NMS_OUTPUTS = ("num_dets", "det_boxes", "det_scores", "det_classes")  # the layout deploy.onnx_graph writes
+# CPU runtimes, fastest first on this project's machine (BENCHMARKS.md, "Backends"); auto takes
+# the first one installed. OpenVINO is an optional extra, onnxruntime a core dependency.
+CPU_PREFERENCE = ("onnxruntime", "openvino")
 
 
 @dataclass(frozen=True)
@@ -69,6 +79,27 @@ def _one_by_one(run: Callable[[np.ndarray], Output], batch: np.ndarray) -> Outpu
     return np.concatenate(parts) if isinstance(parts[0], np.ndarray) else NmsBatch.concat(parts)
 
 
+def runtime_installed(name: str) -> bool:
+    """Whether a backend's runtime can be imported here (torch and torchscript always can)."""
+    module = {"onnxruntime": "onnxruntime", "openvino": "openvino"}.get(name)
+    return module is None or importlib.util.find_spec(module) is not None
+
+
+def auto_backend(device: str = "cpu", export_format: str | None = None) -> str:
+    """The backend ``--backend auto`` means for a device and what is loaded (``None``: PyTorch weights).
+
+    TorchScript and OpenVINO exports run on their own runtime. On CPU, PyTorch weights and ONNX
+    files take the fastest installed runtime of ``CPU_PREFERENCE`` (PyTorch weights through a
+    cached ONNX export); on CUDA, PyTorch weights stay on torch and ONNX files on onnxruntime.
+    """
+    if export_format in ("torchscript", "openvino"):
+        return export_format
+    if torch_device(device).type != "cpu":
+        return "torch" if export_format is None else "onnxruntime"
+    return next((name for name in CPU_PREFERENCE if runtime_installed(name)),
+                "torch" if export_format is None else "onnxruntime")
+
+
 def torch_device(device: str) -> torch.device:
     """Parse a device string, with a one-line error for unknown or unavailable devices."""
     try:
@@ -81,14 +112,20 @@ def torch_device(device: str) -> torch.device:
 
 
 class TorchBackend:
-    """Eager PyTorch on a BatchNorm-folded copy of the model."""
+    """Eager PyTorch on a BatchNorm-folded copy of the model.
+
+    ``threads`` sets torch's intra-op threads around each call (and restores them), since
+    torch's thread count is process-wide; ``None`` leaves torch's own setting.
+    """
 
     name = "torch"
     end_to_end = False
     nms = None
+    fixed_hw = None
 
-    def __init__(self, model: DetectionModel, device: str = "cpu") -> None:
+    def __init__(self, model: DetectionModel, device: str = "cpu", threads: int | None = None) -> None:
         self.device = torch_device(device)
+        self.threads = threads
         fused = copy.deepcopy(model).eval().fuse()
         # channels-last runs the depthwise convolutions far faster on CPU (oneDNN)
         self.model = DecodedModel(fused).to(self.device, memory_format=torch.channels_last)
@@ -96,8 +133,15 @@ class TorchBackend:
 
     @torch.inference_mode()
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(batch).to(self.device).contiguous(memory_format=torch.channels_last)
-        return self.model(x).float().cpu().numpy()
+        previous = torch.get_num_threads()
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        try:
+            x = torch.from_numpy(batch).to(self.device).contiguous(memory_format=torch.channels_last)
+            return self.model(x).float().cpu().numpy()
+        finally:
+            if self.threads:
+                torch.set_num_threads(previous)
 
 
 class TorchScriptBackend:
@@ -119,8 +163,7 @@ class TorchScriptBackend:
 
     @classmethod
     def from_file(cls, path: str | Path, device: str = "cpu") -> "TorchScriptBackend":
-        from ..deploy.torchscript import load_torchscript
-
+        """Load an exported archive. It runs TorchScript code: meant for files the user made or trusts."""
         return cls(load_torchscript(path), device)
 
     @torch.inference_mode()
@@ -128,20 +171,37 @@ class TorchScriptBackend:
         return self.module(torch.from_numpy(batch)).float().numpy()
 
 
+def load_torchscript(path: str | Path) -> torch.jit.ScriptModule:
+    """Load an exported archive on CPU.
+
+    Trust: ``torch.jit.load`` does not run a general pickle (tensors and constants go through
+    TorchScript's restricted unpickler, no arbitrary Python imports), but the archive's code is
+    TorchScript that runs with every operator torch registers. It is not a sandbox: load only
+    exports you made or trust, as you would an executable.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            module = torch.jit.load(str(path), map_location="cpu")
+    except Exception as exc:  # RuntimeError with a C++ backtrace; keep one line
+        raise LeyoloError(f"{path}: torch cannot load this TorchScript archive ({first_line(exc)})") from exc
+    return module.eval()
+
+
 def onnxruntime_session(path: str | Path, threads: int | None = None):
-    """An onnxruntime CPU session with full graph optimisation."""
+    """An onnxruntime CPU session with full graph optimisation, on the CPUs this process may use."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads or (os.cpu_count() or 1)
+    options.intra_op_num_threads = threads or usable_cpus()
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
     try:
         return ort.InferenceSession(str(path), sess_options=options, providers=providers)
     except Exception as exc:  # onnxruntime raises its own exception types
-        raise LeyoloError(f"{path}: onnxruntime cannot load this model ({str(exc).splitlines()[0][:200]})") from exc
+        raise LeyoloError(f"{path}: onnxruntime cannot load this model ({first_line(exc)})") from exc
 
 
 def _fixed(shape: Sequence[Any]) -> tuple[tuple[int, int] | None, int | None]:
@@ -173,6 +233,37 @@ class OnnxRuntimeBackend:
         return outputs[0]
 
 
+def openvino_xml(path: str | Path) -> Path:
+    """The IR file of an OpenVINO export given as its folder or its ``.xml``."""
+    path = Path(path)
+    if path.is_dir():
+        xmls = sorted(path.glob("*.xml"))
+        if len(xmls) != 1:
+            raise LeyoloError(f"{path}: expected one OpenVINO .xml in the folder, found {len(xmls)}")
+        path = xmls[0]
+    if path.suffix.lower() != ".xml" or not path.is_file():
+        raise LeyoloError(f"{path}: not an OpenVINO IR (.xml)")
+    if not path.with_suffix(".bin").is_file():
+        raise LeyoloError(f"{path}: weights file {path.with_suffix('.bin').name} is missing")
+    return path
+
+
+def compile_openvino(model: str | Path, half: bool = False, threads: int | None = None) -> Any:
+    """A CPU compiled model with the latency hint (one request, the usable CPUs).
+
+    Without ``half`` inference is pinned to f32: the CPU plugin defaults to bf16 where the CPU
+    has it, which moves boxes by pixels.
+    """
+    ov = require("openvino", "the openvino backend")
+    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": int(threads or usable_cpus())}
+    if not half:
+        config["INFERENCE_PRECISION_HINT"] = "f32"
+    try:
+        return ov.Core().compile_model(str(model), "CPU", config)
+    except Exception as exc:  # openvino raises RuntimeError with multi-line C++ messages
+        raise LeyoloError(f"{model}: OpenVINO cannot load this model ({first_line(exc)})") from exc
+
+
 class OpenVinoBackend:
     """OpenVINO on CPU (latency hint) for an IR ``.xml`` or an ONNX file."""
 
@@ -180,8 +271,6 @@ class OpenVinoBackend:
 
     def __init__(self, path: str | Path, nms: dict | None = None, half: bool = False,
                  threads: int | None = None) -> None:
-        from ..deploy.openvino import compile_openvino
-
         self.path = Path(path)
         self.compiled = compile_openvino(self.path, half=half, threads=threads)
         shape = self.compiled.input(0).get_partial_shape()

@@ -1,8 +1,10 @@
 """The predictor: frames -> letterbox -> batched backend -> shared postprocess -> ``Results``.
 
-End-to-end backends (an export with NMS in the graph) skip the numpy postprocess; their
-detections are only filtered by ``conf``/``max_det`` (stricter than the baked values is all
-they can do) and un-letterboxed like any other.
+The postprocess follows the model's output kind (``PredictConfig.kind``): class-aware NMS for
+dense predictors, top-k over queries x classes for set predictors. End-to-end backends (an
+export with that postprocess in the graph) skip it; their detections are only filtered by
+``conf``/``max_det`` (stricter than the baked values is all they can do) and un-letterboxed
+like any other.
 """
 
 from __future__ import annotations
@@ -12,14 +14,15 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import cv2
 import numpy as np
 
 from ..data.images import to_bgr8
 from ..errors import LeyoloError
-from ..ops import Detections, LetterboxInfo, letterbox, postprocess, unletterbox_boxes
+from ..models.base import OUTPUT_KINDS, ModelMeta
+from ..ops import Detections, LetterboxInfo, check_imgsz, letterbox, postprocess, topk_postprocess, unletterbox_boxes
 from ..structures import Results
 from .backends import Backend, Output
 from .sources import Frame
@@ -41,10 +44,13 @@ class PredictConfig:
     pad_value: int = 114
     square: bool = False  # pad to imgsz x imgsz (fixed-shape exports) instead of the next multiple of stride
     max_candidates: int = 30000
+    kind: str = "dense"  # the model's output kind: "dense" -> NMS, "set" -> top-k
+    classes: tuple[int, ...] | None = None  # keep only these class indices
 
     def validate(self) -> "PredictConfig":
-        if self.imgsz <= 0 or self.imgsz % self.stride:
-            raise LeyoloError(f"--imgsz must be a positive multiple of {self.stride}, got {self.imgsz}")
+        check_imgsz(self.imgsz, self.stride)
+        if self.kind not in OUTPUT_KINDS:
+            raise LeyoloError(f"unknown output kind {self.kind!r} (expected one of {', '.join(OUTPUT_KINDS)})")
         if not 0.0 <= self.conf <= 1.0:
             raise LeyoloError(f"--conf must be in [0, 1], got {self.conf}")
         if not 0.0 <= self.iou <= 1.0:
@@ -53,6 +59,9 @@ class PredictConfig:
             raise LeyoloError(f"--max-det must be at least 1, got {self.max_det}")
         if self.batch < 1:
             raise LeyoloError(f"--batch must be at least 1, got {self.batch}")
+        if self.classes is not None and any(isinstance(c, bool) or not isinstance(c, int) or c < 0
+                                            for c in self.classes):
+            raise LeyoloError(f"--classes must be class indices (non-negative integers), got {list(self.classes)}")
         return self
 
 
@@ -78,9 +87,31 @@ class Predictor:
         self.backend = backend
         self.names = list(names)
         self.config = config.validate()
+        if config.classes is not None and any(c >= len(self.names) for c in config.classes):
+            raise LeyoloError(f"--classes {list(config.classes)}: the model has {len(self.names)} classes")
+        self._classes = None if config.classes is None else np.asarray(config.classes, dtype=np.int64)
         self.end_to_end = bool(getattr(backend, "end_to_end", False))
         if self.end_to_end:
             self._warn_baked(getattr(backend, "nms", None))
+
+    @classmethod
+    def for_meta(cls, backend: Backend, meta: ModelMeta, **config: Any) -> "Predictor":
+        """A predictor with the preprocessing and output kind of ``meta`` (config: ``PredictConfig`` fields).
+
+        A backend with a fixed input shape (a static export) gets square padding at its size.
+        """
+        config.setdefault("imgsz", meta.imgsz)
+        fixed = getattr(backend, "fixed_hw", None)
+        square = bool(config.pop("square", False))
+        if fixed is not None:
+            where = getattr(backend, "path", meta.arch)
+            if fixed[0] != fixed[1]:
+                raise LeyoloError(f"{where}: fixed non-square input {fixed} is not supported")
+            if config["imgsz"] != fixed[0]:
+                raise LeyoloError(f"{where} was exported for --imgsz {fixed[0]}, not {config['imgsz']}")
+            square = True
+        cfg = PredictConfig(stride=meta.stride, pad_value=meta.pad_value, kind=meta.kind, square=square, **config)
+        return cls(backend, meta.names, cfg)
 
     def _warn_baked(self, baked: dict | None) -> None:
         """Say which requested settings an in-graph NMS cannot honour (it can only filter further)."""
@@ -91,11 +122,11 @@ class Predictor:
         ignored = []
         if cfg.conf < baked["conf"]:
             ignored.append(f"conf {cfg.conf} (baked {baked['conf']})")
-        if abs(cfg.iou - baked["iou"]) > 1e-6:
+        if cfg.kind == "dense" and abs(cfg.iou - baked.get("iou", cfg.iou)) > 1e-6:
             ignored.append(f"iou {cfg.iou} (baked {baked['iou']})")
         if cfg.max_det > baked["max_det"]:
             ignored.append(f"max_det {cfg.max_det} (baked {baked['max_det']})")
-        if cfg.multi_label != baked["multi_label"]:
+        if cfg.kind == "dense" and cfg.multi_label != baked.get("multi_label", cfg.multi_label):
             ignored.append(f"multi_label {cfg.multi_label} (baked {baked['multi_label']})")
         if ignored:
             log.warning("the model has NMS in its graph; re-export with --nms to change: %s", ", ".join(ignored))
@@ -104,9 +135,15 @@ class Predictor:
         """Detections of image ``i`` of a backend output, in letterboxed pixels."""
         cfg = self.config
         if not self.end_to_end:
-            return postprocess(raw[i], cfg.conf, cfg.iou, cfg.max_det, cfg.multi_label, cfg.max_candidates)
+            if cfg.kind == "set":
+                return topk_postprocess(raw[i], cfg.conf, cfg.max_det, self._classes)
+            return postprocess(raw[i], cfg.conf, cfg.iou, cfg.max_det, cfg.multi_label, cfg.max_candidates,
+                               self._classes)
         det = raw.detections(i)
-        keep = np.flatnonzero(det.scores > cfg.conf)[: cfg.max_det]  # rows come highest score first
+        keep = det.scores > cfg.conf
+        if self._classes is not None:
+            keep &= np.isin(det.classes, self._classes)
+        keep = np.flatnonzero(keep)[: cfg.max_det]  # rows come highest score first
         return Detections(det.boxes[keep], det.scores[keep], det.classes[keep]) if len(keep) < len(det) else det
 
     def prepare(self, image: np.ndarray) -> tuple[np.ndarray, LetterboxInfo]:

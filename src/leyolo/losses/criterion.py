@@ -148,7 +148,7 @@ class YoloCriterion:
         maps: list[torch.Tensor],
         targets: torch.Tensor,
         *,
-        teacher_maps: list[torch.Tensor] | None = None,
+        teacher_raw: list[torch.Tensor] | None = None,
         distill_ratio: float = 0.0,
         distill_temperature: float = 2.0,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -157,7 +157,7 @@ class YoloCriterion:
         Args:
             maps: raw head maps, one ``[B, 4*bins + nc, H, W]`` per stride.
             targets: ``[M, 6]`` rows ``(batch_idx, class, x1, y1, x2, y2)`` in input pixels.
-            teacher_maps: a teacher's raw maps of identical shapes, for distillation.
+            teacher_raw: a teacher's raw maps of identical shapes, for distillation.
             distill_ratio: weight of the distillation term (0 disables it).
             distill_temperature: softening temperature ``T``.
 
@@ -166,10 +166,10 @@ class YoloCriterion:
             ``items`` (``box``, ``cls``, ``dfl`` and, when distilling, ``distill``).
         """
         self._check_maps(maps, "maps")
-        if teacher_maps is not None:
-            self._check_maps(teacher_maps, "teacher_maps")
-            if [tuple(m.shape) for m in teacher_maps] != [tuple(m.shape) for m in maps]:
-                raise ValueError(f"teacher_maps shapes {[tuple(m.shape) for m in teacher_maps]} differ from "
+        if teacher_raw is not None:
+            self._check_maps(teacher_raw, "teacher_raw")
+            if [tuple(m.shape) for m in teacher_raw] != [tuple(m.shape) for m in maps]:
+                raise ValueError(f"teacher_raw shapes {[tuple(m.shape) for m in teacher_raw]} differ from "
                                  f"student maps {[tuple(m.shape) for m in maps]}")
         batch, device = maps[0].shape[0], maps[0].device
         box_logits, cls_logits = self._flatten(maps)  # [B, A, 4, bins], [B, A, nc]
@@ -200,8 +200,8 @@ class YoloCriterion:
 
         total = self.box_gain * box + self.cls_gain * cls + self.dfl_gain * dfl
         items = {"box": box.detach(), "cls": cls.detach(), "dfl": dfl.detach()}
-        if teacher_maps is not None and distill_ratio > 0:
-            t_box, t_cls = self._flatten([m.detach() for m in teacher_maps])
+        if teacher_raw is not None and distill_ratio > 0:
+            t_box, t_cls = self._flatten([m.detach() for m in teacher_raw])
             kd = self._distill(box_logits[fg], cls_logits[fg], t_box[fg], t_cls[fg], distill_temperature)
             total = total + distill_ratio * kd
             items["distill"] = kd.detach()

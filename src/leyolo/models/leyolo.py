@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..registry import ModelEntry, register_model
-from .detector import DetectionModel, LayerGraphBuilder, ModelMeta
+from .base import ModelEntry, ModelMeta
+from .graph import LayerGraphBuilder, LayerGraphModel
 from .heads import DNiNHead
 from .layers import SPPF, Concat, ConvBNAct, InvertedBottleneck, Upsample
 
@@ -65,7 +65,7 @@ SCALES["l"] = SCALES["m"]  # large is the medium network run at 768 px
 DEFAULT_IMGSZ = {"n": 640, "s": 640, "m": 640, "l": 768}
 
 
-def build_leyolo(arch: LeYOLOArch, *, nc: int = 80, names: list[str] | None = None, name: str = "leyolo") -> DetectionModel:
+def build_leyolo(arch: LeYOLOArch, *, nc: int = 80, names: list[str] | None = None, name: str = "leyolo") -> LayerGraphModel:
     """Build a LeYOLO network in the published layer order."""
     ch = arch.channels
     g = LayerGraphBuilder()
@@ -135,23 +135,24 @@ def build_leyolo(arch: LeYOLOArch, *, nc: int = 80, names: list[str] | None = No
     del out5
     names = list(names) if names is not None else (COCO_NAMES[:] if nc == 80 else [f"class{i}" for i in range(nc)])
     meta = ModelMeta(arch=name, names=names, imgsz=DEFAULT_IMGSZ.get(name.rsplit("-", 1)[-1], 640))
-    return DetectionModel(g, sources, head, meta)
+    return LayerGraphModel(g, sources, head, meta)
 
 
-def _register() -> None:
-    descriptions = {
-        "n": "LeYOLO nano: 1.12 M params, 2.67 GFLOPs at 640",
-        "s": "LeYOLO small: 1.92 M params, 4.54 GFLOPs at 640",
-        "m": "LeYOLO medium: 2.40 M params, 5.85 GFLOPs at 640",
-        "l": "LeYOLO large: the medium network at 768 px, 8.42 GFLOPs",
-    }
-    for scale, arch in SCALES.items():
-        name = f"leyolo-{scale}"
-
-        def builder(*, nc: int = 80, names: list[str] | None = None, _arch=arch, _name=name) -> DetectionModel:
-            return build_leyolo(_arch, nc=nc, names=names, name=_name)
-
-        register_model(ModelEntry(name, builder, DEFAULT_IMGSZ[scale], "leyolo", descriptions[scale]))
+DESCRIPTIONS = {
+    "n": "LeYOLO nano: 1.12 M params, 2.67 GFLOPs at 640",
+    "s": "LeYOLO small: 1.92 M params, 4.54 GFLOPs at 640",
+    "m": "LeYOLO medium: 2.40 M params, 5.85 GFLOPs at 640",
+    "l": "LeYOLO large: the medium network at 768 px, 8.42 GFLOPs",
+}
 
 
-_register()
+def _entry(scale: str) -> ModelEntry:
+    name = f"leyolo-{scale}"
+
+    def builder(*, nc: int = 80, names: list[str] | None = None) -> LayerGraphModel:
+        return build_leyolo(SCALES[scale], nc=nc, names=names, name=name)
+
+    return ModelEntry(name, builder, DEFAULT_IMGSZ[scale], "leyolo", DESCRIPTIONS[scale], criterion="yolo")
+
+
+ENTRIES: tuple[ModelEntry, ...] = tuple(_entry(scale) for scale in SCALES)

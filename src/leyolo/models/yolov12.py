@@ -18,9 +18,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from ..registry import ModelEntry, register_model
 from .attention import RELAN
-from .detector import DetectionModel, LayerGraphBuilder, ModelMeta
+from .base import ModelEntry, ModelMeta
+from .graph import LayerGraphBuilder, LayerGraphModel
 from .heads import DecoupledHead
 from .layers import C3k2, Concat, ConvBNAct, Upsample
 from .leyolo import COCO_NAMES
@@ -75,8 +75,8 @@ DESCRIPTIONS = {
 }
 
 
-class YOLOv12Model(DetectionModel):
-    """``DetectionModel`` with YOLOv12's FLOP convention.
+class YOLOv12Model(LayerGraphModel):
+    """``LayerGraphModel`` with YOLOv12's FLOP convention.
 
     * ``flops_upsample_macs = 0``: the YOLOv12 tables were counted with ultralytics-thop 2.x,
       which counts nearest upsampling as zero (LeYOLO's thop 0.1.1 counted 1 per output element).
@@ -150,7 +150,7 @@ def build_yolov12(arch: YOLOv12Arch, *, nc: int = 80, names: list[str] | None = 
     return YOLOv12Model(g, sources, head, ModelMeta(arch=name, names=names, imgsz=640))
 
 
-def ultralytics_key(key: str, model: DetectionModel) -> str | None:
+def ultralytics_key(key: str, model: LayerGraphModel) -> str | None:
     """An ultralytics YOLOv12 key (``model.6.m.0.1.attn.qkv.conv.weight``) -> ours (``layers.6.blocks.0.1...``).
 
     Renames follow each module's ``ULTRALYTICS_NAMES``; ``None`` for keys outside the model. The
@@ -173,14 +173,13 @@ def ultralytics_key(key: str, model: DetectionModel) -> str | None:
     return ".".join(out)
 
 
-def _register() -> None:
-    for key, arch in SCALES.items():
-        name = f"yolov12-{key}"
+def _entry(key: str) -> ModelEntry:
+    name = f"yolov12-{key}"
 
-        def builder(*, nc: int = 80, names: list[str] | None = None, _arch=arch, _name=name) -> YOLOv12Model:
-            return build_yolov12(_arch, nc=nc, names=names, name=_name)
+    def builder(*, nc: int = 80, names: list[str] | None = None) -> YOLOv12Model:
+        return build_yolov12(SCALES[key], nc=nc, names=names, name=name)
 
-        register_model(ModelEntry(name, builder, 640, "yolov12", DESCRIPTIONS[key]))
+    return ModelEntry(name, builder, 640, "yolov12", DESCRIPTIONS[key], criterion="yolo")
 
 
-_register()
+ENTRIES: tuple[ModelEntry, ...] = tuple(_entry(key) for key in SCALES)

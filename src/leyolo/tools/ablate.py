@@ -33,8 +33,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..errors import LeyoloError
-from .config import RECIPES, TrainConfig
+from ..engine.config import RECIPES, TrainConfig
+from ..errors import LeyoloError, first_line
 
 log = logging.getLogger("leyolo")
 
@@ -110,7 +110,7 @@ def load_base(base: str | Path) -> dict[str, Any]:
     try:
         config = yaml.safe_load(path.read_text()) or {}  # YAML is a superset of JSON
     except yaml.YAMLError as exc:
-        raise LeyoloError(f"{path}: not valid YAML/JSON ({str(exc).splitlines()[0]})") from None
+        raise LeyoloError(f"{path}: not valid YAML/JSON ({first_line(exc)})") from None
     if not isinstance(config, dict):
         raise LeyoloError(f"{path}: expected a mapping of TrainConfig fields")
     for key in config:
@@ -142,7 +142,7 @@ def parse_vary(items: Sequence[str]) -> dict[str, list[Any]]:
 
 def _resolved(config: dict[str, Any], where: str) -> TrainConfig:
     """Resolve a configuration as the trainer will (recipe defaults, value checks), or a one-line error."""
-    from ..registry import list_models
+    from ..models.registry import list_models
 
     model = str(config.get("model", "leyolo-n"))
     if model not in list_models() and not Path(model).is_file():
@@ -179,15 +179,14 @@ def _measure(best: Path, imgsz: int, runs: int, threads: int) -> dict[str, Any]:
     Latency runs on ``threads`` torch threads (restored afterwards): the rows are compared with
     each other, and one thread is what stays steady on a busy machine.
     """
-    import numpy as np
     import torch
 
     from ..api import load
-    from ..bench import latency_stats, time_calls
+    from .measure import latency_stats, random_batch, time_calls
 
     detector = load(best)
     info = detector.info(imgsz)
-    image = np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32)
+    image = random_batch(imgsz)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -208,9 +207,9 @@ def run_ablation(base: str | Path | dict[str, Any], vary: dict[str, list[Any]], 
     ``base`` is a model name, weights file, YAML/JSON of TrainConfig fields, or such a dict;
     ``overrides`` (e.g. ``epochs``, ``imgsz``, ``batch``) apply to the baseline, hence to all.
     """
-    from ..bench import write_table
     from ..data.datasets import load_data_yaml
-    from .trainer import fitness, train
+    from ..engine.trainer import fitness, train
+    from .tables import write_table
 
     config = dict(base) if isinstance(base, dict) else load_base(base)
     for key in list(config) + list(overrides or {}):
@@ -272,7 +271,7 @@ def add_cli(subparsers: Any) -> None:
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
-    from ..bench import markdown_table
+    from .tables import markdown_table
 
     logging.getLogger("leyolo").setLevel(logging.WARNING if getattr(args, "quiet", False) else logging.INFO)
     overrides = {k: getattr(args, k) for k in ("epochs", "imgsz", "batch", "workers", "seed", "device")}

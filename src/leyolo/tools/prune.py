@@ -14,9 +14,9 @@
 
 A channel-pruned model has other widths than its registry architecture. Its checkpoint stays
 an ordinary leyolo ``.safetensors``: the tensors carry the new widths, ``meta.extra["pruned"]``
-records what was done (and marks the file as pruned), and ``fit_to_state_dict`` (called by
-``leyolo.load``) rebuilds convs and BatchNorms to the stored widths, so pruned models load,
-fine-tune, export and predict like any other.
+records what was done (and marks the file as pruned), and ``leyolo.weights.widths``
+(called when it loads) rebuilds convs and BatchNorms to the stored widths, so pruned models
+load, fine-tune, export and predict like any other.
 """
 
 from __future__ import annotations
@@ -32,7 +32,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import LeyoloError
+from ..errors import LeyoloError, first_line
+from ..models.graph import LayerGraphModel
+from ..ops import check_imgsz
+from ..optional import require
+from .measure import onnx_latency_ms, torch_latency_ms
+from .tables import markdown_table
 
 log = logging.getLogger("leyolo")
 
@@ -44,77 +49,12 @@ IMPORTANCE = {"l1": 1, "l2": 2}
 CHANNEL_FAMILIES = ("leyolo",)
 
 
-# ------------------------------------------------------------------------- load pruned widths
-def fit_to_state_dict(model: nn.Module, state: dict[str, torch.Tensor],
-                      where: str = "weights") -> dict[str, torch.Tensor]:
-    """Rebuild ``model``'s convs and BatchNorms (in place) to the shapes in ``state``; return its new state dict.
-
-    Only channel counts may differ: kernel sizes, strides and everything that is not a conv or
-    BatchNorm must match, depthwise convs stay depthwise, and the head must still produce
-    ``4 * bins + nc`` channels. Anything else raises ``LeyoloError``.
-    """
-    own = model.state_dict()
-    arch = getattr(getattr(model, "meta", None), "arch", type(model).__name__)
-    resized = {name: mod for name, mod in model.named_modules() if isinstance(mod, (nn.Conv2d, nn.BatchNorm2d))}
-    for key, tensor in state.items():
-        owner = key.rsplit(".", 1)[0]
-        if tensor.shape != own[key].shape and owner not in resized:
-            raise LeyoloError(f"{where}: weights do not fit {arch}: {key} has shape {tuple(tensor.shape)}, "
-                              f"expected {tuple(own[key].shape)}")
-    for name, mod in resized.items():
-        weight = state[f"{name}.weight"] if f"{name}.weight" in state else state.get(f"{name}.running_mean")
-        if weight is None:
-            continue
-        new = _resized(mod, tuple(weight.shape), f"{where}: {name}")
-        if new is not mod:
-            parent, _, attr = name.rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, attr, new)
-    head = getattr(model, "head", None)
-    if head is not None and hasattr(head, "box"):
-        for seq in list(head.box) + list(head.cls):
-            expected = head.nc if any(seq is c for c in head.cls) else 4 * head.bins
-            if seq[-1].out_channels != expected:
-                raise LeyoloError(f"{where}: weights do not fit {arch}: a head output has {seq[-1].out_channels} "
-                                  f"channels, expected {expected}")
-    try:
-        with torch.no_grad():
-            model.eval()(torch.zeros(1, 3, 64, 64, dtype=next(model.parameters()).dtype))
-    except RuntimeError as exc:
-        raise LeyoloError(f"{where}: weights do not fit {arch}: layer widths are inconsistent "
-                          f"({str(exc).splitlines()[0][:120]})") from None
-    return model.state_dict()
-
-
-def _resized(mod: nn.Module, shape: tuple[int, ...], where: str) -> nn.Module:
-    """A fresh conv/BN with the stored shape, or ``mod`` itself when nothing changed."""
-    if isinstance(mod, nn.BatchNorm2d):
-        if shape[0] == mod.num_features:
-            return mod
-        return nn.BatchNorm2d(shape[0], mod.eps, mod.momentum, mod.affine, mod.track_running_stats)
-    out_c, in_per_group, kh, kw = shape
-    if (kh, kw) != tuple(mod.kernel_size):
-        raise LeyoloError(f"{where} has a {kh}x{kw} kernel, expected {mod.kernel_size[0]}x{mod.kernel_size[1]}")
-    if (out_c, in_per_group) == (mod.out_channels, mod.in_channels // mod.groups):
-        return mod
-    depthwise = mod.groups > 1 and mod.groups == mod.in_channels == mod.out_channels
-    if depthwise:
-        if in_per_group != 1:
-            raise LeyoloError(f"{where} was depthwise, but the stored weight has {in_per_group} inputs per group")
-        groups, c_in = out_c, out_c
-    else:
-        groups, c_in = mod.groups, in_per_group * mod.groups
-    conv = nn.Conv2d(c_in, out_c, mod.kernel_size, mod.stride, mod.padding, mod.dilation, groups,
-                     mod.bias is not None, mod.padding_mode)
-    conv.requires_grad_(mod.weight.requires_grad)
-    return conv
-
-
 # ---------------------------------------------------------------------------------- pruning
 def head_outputs(model: nn.Module) -> list[nn.Module]:
     """The convs that must keep their widths: every branch's output conv and the DFL."""
     head = getattr(model, "head", None)
-    if head is None or not hasattr(head, "box"):
-        raise LeyoloError(f"{type(model).__name__}: pruning needs a detection model with a dense head")
+    if not isinstance(model, LayerGraphModel) or not hasattr(head, "box"):
+        raise LeyoloError(f"{type(model).__name__}: pruning needs a layer-graph model with a dense head")
     return [seq[-1] for seq in list(head.box) + list(head.cls)] + [head.dfl.conv]
 
 
@@ -181,10 +121,7 @@ def channel_prune(model: nn.Module, ratio: float, importance: str = "l2", round_
     if not arch.startswith(CHANNEL_FAMILIES):
         raise LeyoloError(f"channel pruning is verified for {', '.join(CHANNEL_FAMILIES)} models only, not {arch} "
                           "(use --method l1-unstructured)")
-    try:
-        import torch_pruning as tp
-    except ImportError as exc:
-        raise LeyoloError("channel pruning needs torch-pruning: pip install torch-pruning") from exc
+    tp = require("torch_pruning", "channel pruning")
     model.eval()
     example = torch.zeros(1, 3, 64, 64, dtype=next(model.parameters()).dtype)
     pruner = _nearest_rounding(tp.pruner.MetaPruner)(
@@ -197,7 +134,7 @@ def channel_prune(model: nn.Module, ratio: float, importance: str = "l2", round_
         with torch.no_grad():
             model(example)
     except RuntimeError as exc:  # a dependency torch-pruning missed: refuse rather than save a broken model
-        raise LeyoloError(f"channel pruning produced inconsistent widths ({str(exc).splitlines()[0][:120]})") from None
+        raise LeyoloError(f"channel pruning produced inconsistent widths ({first_line(exc, 120)})") from None
     return model
 
 
@@ -248,22 +185,11 @@ def calibration_batches(data: str | Path, imgsz: int, images: int, batch: int = 
 
 
 # ---------------------------------------------------------------------------------- report
-def torch_latency_ms(model: nn.Module, imgsz: int, runs: int = 20) -> float:
-    """Eager PyTorch (BatchNorm folded, decode included, no pre/post-processing), one image."""
-    from ..inference.backends import TorchBackend
-    from .quantize import median_latency_ms
-
-    backend = TorchBackend(model)
-    x = np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32)
-    return median_latency_ms(lambda: backend(x), runs, warmup=3)
-
-
 def measure(detector: Any, label: str, imgsz: int, data: Any, work: Path, runs: int) -> dict[str, Any]:
     """Params, GFLOPs, file size, torch and onnxruntime latency and (with ``data``) val mAP."""
     from ..data.datasets import load_data_yaml
-    from ..flops import count_gflops, count_params
-    from .export import export_onnx
-    from .quantize import onnx_latency_ms
+    from ..deploy.onnx_export import export_onnx
+    from ..models.flops import count_gflops, count_params
 
     model = detector.model
     saved = detector.save(work / f"{label}.safetensors")
@@ -295,8 +221,7 @@ def _check(method: str, ratio: float, finetune_epochs: int, data: Any, imgsz: in
         raise LeyoloError("--finetune-epochs needs --data (a data.yaml)")
     if data is not None and not Path(data).is_file():
         raise LeyoloError(f"{data}: no such dataset description")
-    if imgsz <= 0 or imgsz % 32:
-        raise LeyoloError(f"--imgsz must be a positive multiple of 32, got {imgsz}")
+    check_imgsz(imgsz)
 
 
 def prune(model: Any, method: str = "channel", ratio: float = 0.3, *, data: str | Path | None = None,
@@ -308,7 +233,7 @@ def prune(model: Any, method: str = "channel", ratio: float = 0.3, *, data: str 
     With ``data``, the pruned model's BatchNorm statistics are re-measured on ``bn_images`` train
     images (``recalibrate_batchnorm``; 0 = off) before it is measured, saved or fine-tuned.
 
-    ``train_overrides`` go to ``leyolo.engine.trainer.train`` (``batch``, ``workers``, ``lr0``...).
+    ``train_overrides`` go to ``leyolo.train`` (``batch``, ``workers``, ``lr0``...).
     Returns ``out`` (the saved model), ``rows`` (original, pruned, fine-tuned: params, GFLOPs,
     size, latency, sparsity, mAP) and ``table`` (Markdown).
     """
@@ -343,7 +268,7 @@ def prune(model: Any, method: str = "channel", ratio: float = 0.3, *, data: str 
         result = Detector(pruned).save(out if not finetune_epochs else work / "pruned-input.safetensors")
         rows.append(measure(load(result), f"{method} {ratio:g}", imgsz, evaluated, work, runs))
         if finetune_epochs:
-            from ..engine.trainer import train
+            from ..api import train
 
             overrides = {"project": str(out.parent / "runs"), "name": f"{out.stem}-finetune", "imgsz": imgsz,
                          **train_overrides}
@@ -362,8 +287,6 @@ def prune(model: Any, method: str = "channel", ratio: float = 0.3, *, data: str 
     columns = [("model", "model", ""), ("params", "params", ","), ("gflops", f"GFLOPs@{imgsz}", ".3f"),
                ("size_mb", "size MB", ".2f"), ("sparsity", "zero weights", ".1%"), ("torch_ms", "torch ms", ".1f"),
                ("ort_ms", "onnxruntime ms", ".1f"), ("mAP50-95", "mAP50-95", ".4f"), ("mAP50", "mAP50", ".4f")]
-    from .quantize import markdown_table
-
     return {"out": str(result), "method": method, "ratio": ratio, "imgsz": imgsz, "rows": rows,
             "table": markdown_table(rows, columns), "record": record}
 

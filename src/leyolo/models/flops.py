@@ -26,9 +26,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .models.attention import AreaAttention
-from .models.detector import DetectionModel
-from .models.layers import Upsample
+from .attention import AreaAttention
+from .base import DetectionModel
+from .layers import Upsample
 
 
 @torch.no_grad()
@@ -79,7 +79,7 @@ def count_macs(model: nn.Module, imgsz: int | tuple[int, int], channels: int = 3
         device = param.device if param is not None else torch.device("cpu")
         image = torch.zeros(1, channels, h, w, device=device)
         if isinstance(model, DetectionModel):
-            model.decode(model.head(model.features(image, every_layer=True)))  # DFL runs in decode
+            model.forward_all(image)  # every layer, decoding included (the DFL runs there)
         else:
             model(image)
     finally:

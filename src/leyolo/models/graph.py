@@ -1,41 +1,22 @@
-"""``DetectionModel``: a feature graph plus a dense head, the model contract every family meets.
+"""``LayerGraphModel``: a feature graph plus a dense head, the network shape of every YOLO family.
 
 The graph is a list of layers, each reading the previous output or a list of earlier
 outputs (by layer index), the layout the published checkpoints use. Builders append
-layers in plain Python; nothing here parses configuration.
+layers in plain Python; nothing here parses configuration. Its raw output is the head's
+per-level maps; its ``output_kind`` is ``"dense"`` (decoded anchors need NMS).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
 
+from .base import DetectionModel, ModelMeta
 from .heads import DenseHead
 
 Source = int | tuple[int, ...]  # -1 = previous layer, else absolute layer index (or a tuple of them)
-
-
-@dataclass
-class ModelMeta:
-    """What travels with the weights: identity, classes and preprocessing."""
-
-    arch: str
-    names: list[str]
-    imgsz: int = 640
-    stride: int = 32
-    pad_value: int = 114
-    extra: dict = field(default_factory=dict)
-
-    def to_dict(self, nc: int, imgsz: int | None = None, *, extra: bool = True) -> dict[str, Any]:
-        """The JSON form stored in checkpoints and exports (``extra``: e.g. a pruning record, needed to load widths)."""
-        out: dict[str, Any] = {"arch": self.arch, "names": list(self.names), "imgsz": int(imgsz or self.imgsz),
-                               "stride": int(self.stride), "pad_value": int(self.pad_value), "nc": int(nc)}
-        if extra and self.extra:
-            out["extra"] = dict(self.extra)
-        return out
 
 
 class LayerGraphBuilder:
@@ -51,8 +32,8 @@ class LayerGraphBuilder:
         return len(self.layers) - 1
 
 
-class DetectionModel(nn.Module):
-    """Feature graph -> head. ``forward(images)`` returns the head's raw per-level maps.
+class LayerGraphModel(DetectionModel):
+    """Feature graph -> dense head. ``forward(images)`` returns the head's raw per-level maps.
 
     Args:
         builder: the layers, in published order.
@@ -62,12 +43,12 @@ class DetectionModel(nn.Module):
     """
 
     def __init__(self, builder: LayerGraphBuilder, head_sources: Sequence[int], head: DenseHead, meta: ModelMeta):
-        super().__init__()
+        meta.stride = max(head.strides)
+        super().__init__(meta)
         self.layers = nn.ModuleList(builder.layers)
         self.sources: list[Source] = list(builder.sources)
         self.head_sources = tuple(head_sources)
         self.head = head
-        self.meta = meta
         self._plan = self._execution_plan()
 
     def _execution_plan(self) -> tuple[list[int], set[int]]:
@@ -91,10 +72,6 @@ class DetectionModel(nn.Module):
         return sorted(needed), saved
 
     @property
-    def names(self) -> list[str]:
-        return self.meta.names
-
-    @property
     def nc(self) -> int:
         return self.head.nc
 
@@ -107,7 +84,7 @@ class DetectionModel(nn.Module):
 
         ``every_layer=True`` also runs layers that feed nothing (FLOP counting as published).
         """
-        self._check_input(x)
+        self.check_input(x)
         order, saved = self._plan
         if every_layer:
             order, saved = range(len(self.layers)), set(range(len(self.layers)))
@@ -124,20 +101,6 @@ class DetectionModel(nn.Module):
                 outputs[i] = prev
         return [outputs[i] for i in self.head_sources]
 
-    def _check_input(self, x: torch.Tensor) -> None:
-        """A clear error for sizes the neck cannot concatenate, instead of a shape error deep inside."""
-        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
-            return
-        if x.ndim != 4:
-            raise ValueError(f"{self.meta.arch} expects a [B, C, H, W] batch, got shape {tuple(x.shape)}")
-        multiple = max(self.strides)
-        h, w = int(x.shape[-2]), int(x.shape[-1])
-        if h % multiple or w % multiple:
-            raise ValueError(
-                f"{self.meta.arch} needs input height and width that are multiples of {multiple}, got {h}x{w} "
-                f"(letterbox or pad to {-(-h // multiple) * multiple}x{-(-w // multiple) * multiple})"
-            )
-
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """``[B, 3, H, W]`` RGB in [0, 1] -> raw maps ``[B, 4*bins + nc, H/s, W/s]`` per stride."""
         return self.head(self.features(x))
@@ -146,20 +109,11 @@ class DetectionModel(nn.Module):
         """Raw maps -> ``[B, 4 + nc, A]`` (xyxy input pixels, sigmoid scores)."""
         return self.head.decode(maps)
 
-    def fuse(self) -> "DetectionModel":
-        """Fold every BatchNorm into the conv before it (inference only; idempotent)."""
-        from .fuse import fuse_conv_bn_modules
+    def reset_classes(self, nc: int) -> None:
+        self.head.reset_class_outputs(nc)
 
-        fuse_conv_bn_modules(self)
-        return self
+    def fp32_modules(self) -> list[nn.Module]:
+        return [self.head.dfl]  # the DFL expectation: fp16 has a 0.5 px step at 640 px
 
-
-class DecodedModel(nn.Module):
-    """Wraps a ``DetectionModel`` so ``forward`` returns decoded ``[B, 4 + nc, A]``: what gets exported."""
-
-    def __init__(self, model: DetectionModel) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.decode(self.model(x))
+    def forward_all(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.head(self.features(x, every_layer=True)))  # dead layers too, as published

@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .models.detector import DetectionModel
+from .base import DetectionModel
+from .flops import count_gflops, has_attention
+from .graph import LayerGraphModel
 
 
 def _params(module: nn.Module) -> int:
@@ -14,7 +16,14 @@ def _params(module: nn.Module) -> int:
 
 @torch.no_grad()
 def layer_table(model: DetectionModel, imgsz: int) -> str:
-    """One row per layer: index, inputs, block type, parameters and output shape at ``imgsz``."""
+    """One row per layer: index, inputs, block type, parameters and output shape at ``imgsz``.
+
+    Layer-graph models list their graph; other families list their top-level modules.
+    """
+    if not isinstance(model, LayerGraphModel):
+        rows = [f"{'module':<24} {'block':<24} {'params':>10}"]
+        rows += [f"{name:<24} {type(child).__name__:<24} {_params(child):>10,}" for name, child in model.named_children()]
+        return "\n".join(rows)
     shapes: dict[int, tuple] = {}
     hooks = [layer.register_forward_hook(lambda _m, _i, out, i=i: shapes.__setitem__(i, tuple(out.shape[1:])))
              for i, layer in enumerate(model.layers)]
@@ -42,8 +51,6 @@ def extra_gflops(model: nn.Module, imgsz: int) -> dict[str, float]:
     Attention models add ``gflops_fused`` (rule F: after Conv+BN fusion, the YOLOv12 paper's
     figures) and ``gflops_with_attention`` (rule T: A plus the attention matrix products).
     """
-    from .flops import count_gflops, has_attention
-
     if not has_attention(model):
         return {}
     return {"gflops_fused": round(count_gflops(model, imgsz, fused=True), 4),

@@ -29,9 +29,7 @@ Why the choices:
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -39,8 +37,11 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ..deploy import quant_graph
 from ..errors import LeyoloError
-from . import quant_graph
+from ..ops import check_imgsz
+from .measure import onnx_latency_ms
+from .tables import markdown_table
 
 log = logging.getLogger("leyolo")
 
@@ -122,35 +123,6 @@ def _reader(load: Callable[[int], np.ndarray], count: int, input_name: str):
 def _chunk(count: int) -> int:
     """Largest divisor of ``count`` up to ``CHUNK`` (ORT requires the stride to divide the total)."""
     return max(d for d in range(1, min(CHUNK, count) + 1) if count % d == 0)
-
-
-# -------------------------------------------------------------------------------- measurements
-def median_latency_ms(run: Callable[[], Any], runs: int = 50, warmup: int = 5) -> float:
-    """Median wall time of ``run()`` in milliseconds, after ``warmup`` untimed calls."""
-    from ..bench import time_calls
-
-    return 1000 * statistics.median(time_calls(lambda _: run(), None, max(runs, 1), warmup))
-
-
-def onnx_latency_ms(path: str | Path, imgsz: int, runs: int = 50) -> float:
-    """Network-only latency of an ONNX file on one ``imgsz`` image (onnxruntime CPU, all optimisations)."""
-    from ..inference.backends import onnxruntime_session
-
-    session = onnxruntime_session(path)
-    feed = {session.get_inputs()[0].name: np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32)}
-    return median_latency_ms(lambda: session.run(None, feed), runs)
-
-
-def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, str]]) -> str:
-    """``columns`` = (key, header, format spec such as ``".4f"``); missing values print as a dash."""
-    def cell(value: Any, spec: str) -> str:
-        if value is None:
-            return "-"
-        return format(value, spec) if isinstance(value, (int, float)) and spec else str(value)
-
-    lines = ["| " + " | ".join(h for _, h, _ in columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    lines += ["| " + " | ".join(cell(r.get(k), f) for k, _, f in columns) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------ the scan
@@ -238,7 +210,7 @@ def _float_onnx(detector: Any, imgsz: int, work: Path) -> Path:
     import onnx
 
     if detector.model is not None:
-        from .export import export_onnx
+        from ..deploy.onnx_export import export_onnx
 
         return export_onnx(detector.model, work / "fp32.onnx", imgsz, dynamic=False)
     if getattr(detector, "export_format", "onnx") != "onnx" or detector.onnx_path is None:
@@ -286,19 +258,11 @@ def _stamp(src: Path, dst: Path, float_path: Path, record: dict[str, Any], half:
     """Copy ``src`` to ``dst`` atomically with the float model's leyolo metadata plus ``quantization``."""
     import onnx
 
+    from ..deploy.onnx_export import read_onnx_metadata, stamp_metadata
     from ..fileio import atomic_write
-    from .export import METADATA_KEY, read_onnx_metadata
 
     info = read_onnx_metadata(float_path) | {"quantization": record, "half": half, "format": "onnx"}
-    proto = onnx.load(str(src))
-    props = {p.key: p.value for p in proto.metadata_props}
-    props.update({METADATA_KEY: json.dumps(info), "names": json.dumps(info["names"]), "imgsz": str(info["imgsz"]),
-                  "stride": str(info.get("stride", 32))})
-    del proto.metadata_props[:]
-    for key, value in props.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    proto.producer_name = "leyolo"
+    proto = stamp_metadata(onnx.load(str(src)), info)
     return atomic_write(dst, lambda tmp: onnx.save(proto, tmp))
 
 
@@ -309,8 +273,7 @@ def _check(method: str, calibration: str, calib_images: int, imgsz: int, data: A
         raise LeyoloError(f"unknown calibration {calibration!r} (choose from {', '.join(CALIBRATIONS)})")
     if calib_images < 1:
         raise LeyoloError(f"--calib-images must be at least 1, got {calib_images}")
-    if imgsz <= 0 or imgsz % 32:
-        raise LeyoloError(f"--imgsz must be a positive multiple of 32, got {imgsz}")
+    check_imgsz(imgsz)
     if float_layers < 0:
         raise LeyoloError(f"--float-layers must be >= 0, got {float_layers}")
     if method == "static" and data is None:

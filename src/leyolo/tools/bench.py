@@ -2,7 +2,7 @@
 
 Why it is built this way:
 
-* Each combination is timed in a fresh process (``python -m leyolo.bench --worker``): nothing
+* Each combination is timed in a fresh process (``python -m leyolo.tools.bench --worker``): nothing
   leaks between combinations and its peak resident set means something. ``mem_mb`` is the peak
   minus the RSS right after importing torch/onnxruntime, where the kernel's peak mark is reset
   (/proc/self/clear_refs): what loading the artefact, building the backend and the timed loop
@@ -11,7 +11,7 @@ Why it is built this way:
 * Machines like this drift in speed by +-30%: ``passes`` > 1 runs all combinations round-robin
   that many times and keeps each one's fastest pass (lowest median), as benchmarks/ does.
 * What is timed is what is sized and scored: the safetensors weights (``torch``), a dynamic
-  ONNX export (``onnxruntime``), its static QDQ INT8 quantization by ``leyolo.deploy.quantize``
+  ONNX export (``onnxruntime``), its static QDQ INT8 quantization by ``leyolo.tools.quantize``
   calibrated on the data's train split (``onnxruntime-int8``). A combination that cannot run
   is a row with a ``note``, never a lost run; bad arguments fail fast with one line.
 """
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import json
 import os
 import platform
@@ -32,8 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from .errors import LeyoloError
-from .fileio import atomic_write
+from ..errors import LeyoloError
+from ..fileio import atomic_write
+from ..ops import check_imgsz
+from .measure import latency_stats, random_batch, time_calls
+from .tables import markdown_table, write_table
 
 ENGINES = {"torch": "torch", "onnxruntime": "onnxruntime", "onnxruntime-int8": "onnxruntime"}  # name -> runtime
 BACKEND_NAMES = tuple(ENGINES)
@@ -50,27 +52,6 @@ PAPER_POINTS = (("nano", 320, 0.668, 25.2), ("nano", 480, 1.502, 31.3), ("nano",
 
 class Unavailable(Exception):
     """A backend that cannot run for this model (its message goes to the row's ``note``)."""
-
-
-def time_calls(fn: Callable[[Any], Any], arg: Any, runs: int, warmup: int) -> list[float]:
-    """Seconds per call of ``fn(arg)`` over ``runs`` calls after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        fn(arg)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn(arg)
-        times.append(time.perf_counter() - start)
-    return times
-
-
-def latency_stats(times: Sequence[float]) -> dict[str, float]:
-    """Median / p95 / p99 in ms (with fewer than 100 runs p99 is close to the maximum)."""
-    import numpy as np
-
-    ms = np.asarray(times, dtype=np.float64) * 1e3
-    return {"latency_ms": float(np.median(ms)), "p95_ms": float(np.percentile(ms, 95)),
-            "p99_ms": float(np.percentile(ms, 99))}
 
 
 def _rss_mb(key: str = "VmRSS") -> float | None:
@@ -93,26 +74,25 @@ def _reset_peak() -> float | None:
 
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
     """Time one artefact on random ``[batch, 3, imgsz, imgsz]`` input; memory = peak RSS growth after imports."""
-    import numpy as np
     import onnxruntime  # noqa: F401  (imported before the baseline: libraries are not the model's cost)
     import torch
 
-    from .api import load
-    from .inference.backends import OnnxRuntimeBackend
+    from ..api import load
+    from ..inference.backends import OnnxRuntimeBackend
 
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))
     base = _reset_peak()
     engine = (load(spec["path"]).backend("torch") if spec["backend"] == "torch"
               else OnnxRuntimeBackend(spec["path"], spec.get("threads")))
-    images = np.random.default_rng(0).random((spec["batch"], 3, spec["imgsz"], spec["imgsz"]), dtype=np.float32)
+    images = random_batch(spec["imgsz"], spec["batch"])
     times = time_calls(engine, images, int(spec["runs"]), int(spec["warmup"]))
     peak = _rss_mb("VmHWM") if base is not None else None
     return {"times": times, "mem_mb": None if peak is None else peak - base}
 
 
 def _measure_isolated(spec: dict[str, Any]) -> dict[str, Any]:
-    proc = subprocess.run([sys.executable, "-m", "leyolo.bench", "--worker", json.dumps(spec)],
+    proc = subprocess.run([sys.executable, "-m", "leyolo.tools.bench", "--worker", json.dumps(spec)],
                           capture_output=True, text=True)
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
@@ -135,21 +115,21 @@ class _Model:
 
     def detector_for(self, backend: str, imgsz: int) -> Any:
         """The detector that runs ``backend`` on the benchmarked artefact (for val and predict)."""
-        from .api import Detector
+        from ..api import Detector
 
         path = self.artefacts[backend, imgsz]
         return self.detector if backend == "torch" else Detector(onnx_path=path, meta=self.detector.meta)
 
 
 def quantize_int8(detector: Any, data: Any, imgsz: int, dest: Path, calib_images: int, **options: Any) -> Path:
-    """Static QDQ INT8 ONNX (fixed 1x3xSxS) by the optional ``leyolo.deploy.quantize``, calibrated on train
+    """Static QDQ INT8 ONNX (fixed 1x3xSxS) by ``leyolo.tools.quantize``, calibrated on train
     images only (the val split is what gets scored); ``options`` go to ``quantize`` (``float_layers=0``: no scan)."""
     if data is None:
         raise Unavailable("skipped: INT8 needs --data (calibrated on its train split)")
     try:
-        from .deploy.quantize import quantize
+        from .quantize import quantize
     except ImportError:
-        raise Unavailable("unavailable: leyolo.deploy.quantize is missing or cannot be imported") from None
+        raise Unavailable("unavailable: leyolo.tools.quantize is missing or cannot be imported") from None
     try:
         return Path(quantize(detector, data, method="static", calib_images=calib_images, imgsz=imgsz, out=dest,
                              runs=1, evaluate=False, **options)["out"])
@@ -159,11 +139,11 @@ def quantize_int8(detector: Any, data: Any, imgsz: int, dest: Path, calib_images
 
 def _prepare_model(spec: str, label: str, backends: Sequence[str], sizes: Sequence[int], workdir: Path,
                    data: Any, data_spec: Any, int8_options: dict[str, Any]) -> _Model:
-    from .api import Detector, load
-    from .data.datasets import split_images
-    from .deploy.export import export_onnx
-    from .flops import count_gflops, count_params
-    from .registry import create_model, list_models
+    from ..api import Detector, load
+    from ..data.datasets import split_images
+    from ..deploy.onnx_export import export_onnx
+    from ..models.flops import count_gflops, count_params
+    from ..models.registry import create_model, list_models
 
     names = list(data_spec.names) if data_spec is not None else None
     registered = spec in list_models()  # untrained: built for the data's classes so that it can be scored
@@ -197,12 +177,10 @@ def _prepare_model(spec: str, label: str, backends: Sequence[str], sizes: Sequen
 def _end_to_end_ms(detector: Any, backend: str, imgsz: int, batch: int, files: list[Path], passes: int,
                    threads: int | None) -> float:
     """ms per image of the whole ``predict`` path (decode, letterbox, network, NMS), best of ``passes``."""
-    from .inference.backends import OnnxRuntimeBackend
-    from .inference.sources import iter_frames
+    from ..inference.sources import iter_frames
 
-    predictor = detector.predictor(ENGINES[backend], imgsz=imgsz, batch=batch)
-    if threads and backend != "torch":  # as many threads as the network-only timing had
-        predictor.backend = OnnxRuntimeBackend(predictor.backend.path, threads, predictor.backend.nms)
+    # as many threads as the network-only timing had
+    predictor = detector.predictor(ENGINES[backend], imgsz=imgsz, batch=batch, threads=threads)
     sum(1 for _ in predictor.stream(iter_frames(files[:2])))  # warm-up
     best = float("inf")
     for _ in range(passes):
@@ -214,7 +192,7 @@ def _end_to_end_ms(detector: Any, backend: str, imgsz: int, batch: int, files: l
 
 def _check_inputs(models: Sequence[str], backends: Sequence[str], sizes: Sequence[int], batches: Sequence[int],
                   runs: int, warmup: int, passes: int) -> None:
-    from .registry import list_models
+    from ..models.registry import list_models
 
     known = list_models()
     for spec in models or [""]:
@@ -223,8 +201,10 @@ def _check_inputs(models: Sequence[str], backends: Sequence[str], sizes: Sequenc
                               f"nor an existing {'/'.join(MODEL_SUFFIXES)} file")
     for b in [b for b in backends if b not in ENGINES] or ([] if backends else [""]):
         raise LeyoloError(f"unknown backend {b!r}; choose from {', '.join(BACKEND_NAMES)}")
-    if not sizes or any(not isinstance(s, int) or s <= 0 or s % 32 for s in sizes):
-        raise LeyoloError(f"--imgsz must be positive multiples of 32, got {list(sizes)}")
+    if not sizes:
+        raise LeyoloError("--imgsz needs at least one size")
+    for s in sizes:
+        check_imgsz(s)
     if not batches or any(not isinstance(b, int) or b < 1 for b in batches):
         raise LeyoloError(f"--batch must be positive integers, got {list(batches)}")
     if runs < 1 or warmup < 0 or passes < 1:
@@ -243,12 +223,12 @@ def run_benchmark(models: Sequence[str], backends: Sequence[str] = ("torch", "on
     latencies are per call of a whole batch, ``throughput_ips`` is batch / median latency.
     ``compare`` adds ``e2e_ms``: ms per image of ``predict`` over ``source`` (default: the data's
     val images). ``threads`` sets torch and onnxruntime threads for everything timed;
-    ``int8_options`` go to ``leyolo.deploy.quantize.quantize``.
+    ``int8_options`` go to ``leyolo.tools.quantize.quantize``.
     """
     from tqdm import tqdm
 
-    from .data.datasets import load_data_yaml, split_images
-    from .inference.sources import resolve_source
+    from ..data.datasets import load_data_yaml, split_images
+    from ..inference.sources import resolve_source
 
     models, backends = list(dict.fromkeys(models)), list(dict.fromkeys(backends))
     sizes, batches = list(dict.fromkeys(sizes)), list(dict.fromkeys(batches))
@@ -350,28 +330,15 @@ def machine_summary(threads: int | None = None) -> str:
     import onnxruntime
     import torch
 
+    from ..inference.cpus import usable_cpus
+
     try:
         cpu = next(x.split(":", 1)[1].strip() for x in Path("/proc/cpuinfo").read_text().splitlines()
                    if x.startswith("model name"))
     except (OSError, StopIteration):
         cpu = platform.processor() or platform.machine()
-    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, "
+    return (f"{cpu}, {usable_cpus()} usable of {os.cpu_count()} cores, torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, "
             f"threads {threads or 'default'}, Python {platform.python_version()}")
-
-
-def _fmt(value: Any, digits: int | None) -> str:
-    if value is None or value == "":
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.{3 if digits is None else digits}f}"
-    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value).replace("|", "/")
-
-
-def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], digits: dict[str, int]) -> str:
-    """A GitHub Markdown table; floats rounded per column, missing values shown as '-'."""
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_fmt(r.get(c), digits.get(c)) for c in columns) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def model_labels(models: Sequence[str]) -> list[str]:
@@ -391,21 +358,6 @@ def model_labels(models: Sequence[str]) -> list[str]:
                       if all(name(spec, d) != name(m, d) for m in others)), deepest)
         labels.append(name(spec, depth))
     return [f"{label}-{i}" if labels.count(label) > 1 else label for i, label in enumerate(labels)]
-
-
-def write_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], out: Path, stem: str, header: str,
-                digits: dict[str, int]) -> tuple[Path, Path]:
-    """``<stem>.csv`` (full precision) and ``<stem>.md`` (rounded, with ``header`` above), written atomically."""
-
-    def write_csv(tmp: str) -> None:
-        with open(tmp, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows({c: ("" if r.get(c) is None else r.get(c)) for c in columns} for r in rows)
-
-    text = f"{header}\n\n{markdown_table(rows, columns, digits)}\n"
-    md_path = atomic_write(out / f"{stem}.md", lambda tmp: Path(tmp).write_text(text))
-    return atomic_write(out / f"{stem}.csv", write_csv), md_path
 
 
 def write_reports(rows: Sequence[dict[str, Any]], out: Path, *, data: str | None = None,
@@ -513,5 +465,5 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 if __name__ == "__main__":  # the timing subprocess: one JSON line with per-call seconds and memory
     if len(sys.argv) != 3 or sys.argv[1] != "--worker":
-        sys.exit("usage: leyolo bench ... (python -m leyolo.bench --worker SPEC is internal)")
+        sys.exit("usage: leyolo bench ... (python -m leyolo.tools.bench --worker SPEC is internal)")
     print(json.dumps(measure(json.loads(sys.argv[2]))))

@@ -16,10 +16,9 @@ DEMO_RECIPE = {"optimizer": "AdamW", "lr0": 0.002, "momentum": 0.9, "nbs": 16, "
 def run_demo(out: str | Path = "runs/demo", *, minutes: float = 3.0, device: str = "cpu", n_train: int = 400,
              n_val: int = 60, imgsz: int = DEMO_IMGSZ, seed: int = 0, workers: int = 2) -> Iterator[str]:
     """Run the demo, yielding the lines a person should read (where things are, what was reached)."""
-    from .api import load
-    from .data.datasets import load_data_yaml, split_images
-    from .data.synthetic import generate_shapes_dataset
-    from .engine.trainer import train
+    from ..api import load, train
+    from ..data.datasets import load_data_yaml, split_images
+    from ..data.synthetic import generate_shapes_dataset
 
     out = Path(out)
     start = time.perf_counter()
