@@ -413,3 +413,49 @@ def test_save_failure_keeps_previous_checkpoint(tmp_path, monkeypatch):
         Detector(leyolo.create_model("leyolo-n")).save(path)
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["n.safetensors"]
+
+
+@pytest.fixture(scope="module")
+def native_parts(tmp_path_factory) -> tuple[dict[str, torch.Tensor], dict]:
+    _, tensors, meta = _saved_nano(tmp_path_factory.mktemp("native"))
+    return tensors, meta
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("arch", 5), ("arch", ""), ("names", "person"), ("names", [1, 2]), ("names", [{"a": 1}]), ("nc", "80"),
+    ("nc", 3), ("nc", True), ("imgsz", "640"), ("imgsz", 0), ("imgsz", True), ("imgsz", 640.0), ("stride", -32),
+    ("pad_value", 300), ("extra", [1]), ("extra", "pruned"), ("train", 3), ("format_version", 99),
+    ("format_version", "1"),
+])
+def test_native_metadata_wrong_types(tmp_path, capsys, native_parts, key, value):
+    """A hand-edited header: one LeyoloError line naming the file and the field, never a TypeError later."""
+    tensors, meta = native_parts
+    path = tmp_path / "bad.safetensors"
+    save_file(tensors, str(path), metadata={METADATA_KEY: json.dumps({**meta, key: value})})
+    for load in (leyolo.load, read_native_metadata):
+        with pytest.raises(LeyoloError) as info:
+            load(path)
+        message = str(info.value)
+        assert str(path) in message and "\n" not in message and (key in message or "class names" in message), message
+    assert cli_main(["info", "--model", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and "unexpected" not in err, err
+
+
+@pytest.mark.parametrize("header", ["[1, 2]", "null", "[" * 100_000 + "]" * 100_000, '{"arch": 1' + "0" * 5000 + "}"])
+def test_native_metadata_not_an_object(tmp_path, native_parts, header):
+    path = tmp_path / "bad.safetensors"
+    save_file(native_parts[0], str(path), metadata={METADATA_KEY: header})
+    with pytest.raises(LeyoloError, match="metadata") as info:
+        leyolo.load(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_validate_metadata_returns_a_clean_copy(native_parts):
+    from leyolo.weights.native import validate_metadata
+
+    meta = native_parts[1]
+    clean = validate_metadata(meta, "m.safetensors")
+    assert clean == meta and clean is not meta and clean["names"] is not meta["names"]
+    extra = validate_metadata({"arch": "leyolo-n", "names": ["a"], "train": {"epoch": 1}, "note": 1}, "x")
+    assert extra["train"] == {"epoch": 1} and extra["note"] == 1
