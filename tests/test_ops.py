@@ -16,6 +16,7 @@ from leyolo.ops import (
     xywh_to_xyxy,
     xyxy_to_xywh,
 )
+from leyolo.errors import LeyoloError
 from leyolo.structures import Results
 
 # -- boxes ----------------------------------------------------------------------------------
@@ -255,7 +256,8 @@ def test_results_to_coco():
         {"image_id": 42, "category_id": 17, "bbox": [10.0, 20.0, 20.0, 40.0], "score": 0.9},
         {"image_id": 42, "category_id": 1, "bbox": [100.0, 50.0, 50.0, 40.0], "score": 0.4},
     ]
-    assert [r["category_id"] for r in res.to_coco(7)] == [2, 0]
+    # default ids: class index + 1 (what val writes for YOLO-labelled data), COCO's own ids for COCO's classes
+    assert [r["category_id"] for r in res.to_coco(7)] == [3, 1]
 
 
 def test_results_to_yolo_lines():
@@ -286,5 +288,5 @@ def test_results_draw():
     empty = Results(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64), ["a"], (100, 200),
                     image=image)
     np.testing.assert_array_equal(empty.draw(), image)
-    with pytest.raises(ValueError):
+    with pytest.raises(LeyoloError, match="no image to draw on"):
         _results(None).draw()

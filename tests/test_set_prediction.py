@@ -80,7 +80,7 @@ def test_onnx_export_runs_in_onnxruntime_like_torch(model, tmp_path, nms):
         assert len(ref) > 0
         assert len(out) == len(ref)
         np.testing.assert_array_equal(out.classes, ref.classes)
-        np.testing.assert_allclose(out.boxes, ref.boxes, atol=1e-3)
+        np.testing.assert_allclose(out.boxes.xyxy, ref.boxes.xyxy, atol=1e-3)
         np.testing.assert_allclose(out.scores, ref.scores, atol=1e-5)
 
 

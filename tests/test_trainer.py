@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -112,7 +113,7 @@ def test_train_writes_results_plots_and_loadable_weights(data, tmp_path):
     image = cv2.imread(str(data.parent / "images" / "val" / "0.png"))
     out = detector.predict(image, imgsz=IMG, conf=0.0)
     assert len(out) == 1 and out[0].orig_shape == (IMG, IMG)
-    assert out[0].boxes.shape[1:] == (4,)
+    assert out[0].boxes.xyxy.shape[1:] == (4,)
     assert all(0 <= c < 2 for c in out[0].classes.tolist())
 
     keys = _keys(last)
@@ -471,3 +472,34 @@ def test_multi_gpu_device_launches_torchrun(monkeypatch, capsys):
     assert cmd[1:5] == ["-m", "torch.distributed.run", "--nproc_per_node", "2"]
     assert cmd[cmd.index("--device") + 1] == "cuda" and "--epochs" in cmd
     assert env["CUDA_VISIBLE_DEVICES"] == "0,1"
+
+
+# --------------------------------------------------------------------------- --time planning
+def _planner(minutes: float, min_epochs: int = 1, elapsed: float = 0.0) -> Trainer:
+    trainer = Trainer(TrainConfig(time=minutes, min_epochs=min_epochs))
+    trainer.config = trainer.requested
+    trainer.t0 = time.perf_counter() - elapsed
+    trainer.epochs, trainer.planned = 1, False
+    return trainer
+
+
+def test_time_plan_fills_the_budget_from_measured_speed():
+    t = _planner(1.0, elapsed=2.0)  # 20% of epoch 1 took 2 s: 10 s per epoch, 58 s left
+    t._plan_epochs(0.2, 10.0)
+    assert t.planned and t.epochs == 6  # epoch 1 ends at ~10 s, then five more fill the minute
+    t = _planner(1.0, elapsed=30.0)
+    t._plan_epochs(2, 15.0)  # two epochs done at 30 s: two more of 15 s end on the minute
+    assert t.epochs == 4
+    t = _planner(1.0, min_epochs=8, elapsed=50.0)
+    t._plan_epochs(2, 25.0)  # the budget is spent, but the minimum still runs
+    assert t.epochs == 8
+
+
+def test_time_run_logs_its_plan_and_runs_what_it_says(data, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="leyolo")
+    result = train("leyolo-n", str(data), time=0.001, min_epochs=3, project=str(tmp_path), name="t", plots=False,
+                   val=False, **FAST)
+    text = "\n".join(r.getMessage() for r in caplog.records if r.name == "leyolo")
+    assert result["epochs"] == 3 == len(read_results(Path(result["save_dir"]) / "results.csv"))
+    assert "planned 3 epochs" in text and "epochs planned from measured speed" in text
+    assert "/100" not in text  # the default --epochs never shows up in a --time run

@@ -178,7 +178,7 @@ class Detector:
         """Detect objects in BGR arrays and/or image paths, folders or globs; one ``Results`` per image.
 
         Keyword arguments are ``PredictConfig`` fields (``imgsz``, ``conf``, ``iou``, ``max_det``,
-        ``multi_label``, ``batch``, ``classes``). Unreadable images and videos raise ``LeyoloError``
+        ``multi_label``, ``batch``, ``classes``, ``augment``, ``tta_merge``). Unreadable images and videos raise ``LeyoloError``
         (``stream()`` goes through videos and skips unreadable files instead).
         """
         items = [images] if isinstance(images, (np.ndarray, str, Path)) else list(images)
@@ -216,22 +216,30 @@ class Detector:
     def val(self, data: str | Path, *, split: str = "val", imgsz: int | None = None, batch: int = 1,
             conf: float | None = None, iou: float | None = None, max_det: int | None = None,
             single_label: bool = False, backend: str = "auto", device: str = "cpu", threads: int | None = None,
-            json_path: str | Path | None = None, verbose: bool = False, progress: Any = None) -> dict[str, Any]:
+            augment: bool = False, tta_merge: str = "nms", json_path: str | Path | None = None, verbose: bool = False, progress: Any = None,
+            plots_dir: str | Path | None = None) -> dict[str, Any]:
         """COCO metrics on a split of ``data`` with the standard protocol of the model's output kind.
 
         Dense models: conf 0.001, IoU 0.7, 300 detections, multi-label NMS (``single_label``
         keeps one class per box); set predictors: the 300 best (query, class) pairs. Each image
-        is letterboxed on its own. See ``leyolo.engine.validate.validate``.
+        is letterboxed on its own. ``plots_dir``: where ``pr_curve.png`` and ``confusion_matrix.png``
+        go. See ``leyolo.engine.validate.validate``.
         """
         settings = val_settings(self.meta.kind, conf=conf, iou=iou, max_det=max_det,
                                 multi_label=False if single_label else None)
-        predictor = self.predictor(backend, device, threads, imgsz=imgsz or self.meta.imgsz, batch=batch, **settings)
-        return validate(predictor, data, split=split, json_path=json_path, verbose=verbose, progress=progress)
+        predictor = self.predictor(backend, device, threads, imgsz=imgsz or self.meta.imgsz, batch=batch,
+                                   augment=augment, tta_merge=tta_merge, **settings)
+        return validate(predictor, data, split=split, json_path=json_path, verbose=verbose, progress=progress,
+                        plots_dir=plots_dir)
 
     def export(self, path: str | Path | None = None, *, format: str | None = None, imgsz: int | None = None,
-               dynamic: bool = False, half: bool = False, simplify: bool = False, nms: bool = False,
+               dynamic: bool = True, half: bool = False, simplify: bool = False, nms: bool = False,
                conf: float = 0.25, iou: float = 0.7, max_det: int = 300, multi_label: bool = False) -> Path:
         """Write an export (``onnx``, ``torchscript`` or ``openvino``) atomically; returns its path.
+
+        ``dynamic`` (the default) keeps batch, height and width symbolic, so each image is
+        letterboxed to its own rectangle and the export's detections are torch's; ``dynamic=False``
+        fixes a square ``imgsz`` input (padding changes detections slightly) for runtimes that need it.
 
         ``format`` defaults to what ``path`` implies (``.onnx``, ``.torchscript``, ``*_openvino_model``),
         else onnx; a contradiction between the two is an error.
@@ -251,11 +259,30 @@ class Detector:
         return save_native(model.state_dict(), self.meta.to_dict(model.nc), path)
 
     def info(self, imgsz: int | None = None) -> dict[str, Any]:
-        """Parameter count and GFLOPs (2 x MACs, BatchNorm unfused) at ``imgsz``."""
-        model = self._require_model("info")
+        """Parameter count and GFLOPs (2 x MACs, BatchNorm unfused) at ``imgsz``.
+
+        An export gives what its metadata says (format, classes, input size, output kind) and, for
+        ONNX, the parameter count of its weights; GFLOPs need the PyTorch model.
+        """
+        if self.model is None:
+            return {"model": self.meta.arch, "format": self.export_format, "classes": len(self.names),
+                    "imgsz": self.meta.imgsz, "kind": self.meta.kind, "dynamic": self.meta.extra.get("dynamic"),
+                    "nms": self.meta.extra.get("nms"), "params": self._export_params(), "gflops": None}
+        model = self.model
         imgsz = check_imgsz(imgsz or self.meta.imgsz, model.stride)
         return {"model": self.meta.arch, "params": count_params(model), "gflops": round(count_gflops(model, imgsz), 4),
                 "imgsz": imgsz}
+
+
+    def _export_params(self) -> int | None:
+        """Weights stored in an ONNX export (its float initializers), or None for other formats."""
+        if self.export_format != "onnx":
+            return None
+        import onnx
+
+        proto = onnx.load(str(self.export_path), load_external_data=False)
+        return sum(int(np.prod(t.dims)) for t in proto.graph.initializer
+                   if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16) and len(t.dims) > 0)
 
 
 def load(source: str | Path, *, arch: str | None = None) -> Detector:
@@ -291,9 +318,11 @@ def _exported(path: Path, fmt: str, info: dict[str, Any]) -> Detector:
     extra = {"format": fmt, "dynamic": bool(info.get("dynamic", False)), "half": bool(info.get("half", False)),
              "nms": info.get("nms")}
     try:
+        strides = info.get("strides")
         meta = ModelMeta(str(info.get("arch", fmt)), [str(n) for n in names], int(info.get("imgsz", 640)),
                          int(info.get("stride", 32)), int(info.get("pad_value", 114)), extra,
-                         kind=str(info.get("kind", "dense")))
+                         kind=str(info.get("kind", "dense")),
+                         strides=tuple(int(s) for s in strides) if isinstance(strides, list) and strides else None)
     except (TypeError, ValueError) as exc:
         raise LeyoloError(f"{path}: malformed leyolo metadata ({exc})") from None
     return Detector(meta=meta, export_path=path, export_format=fmt)

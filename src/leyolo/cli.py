@@ -26,7 +26,7 @@ EPILOG = """examples:
   leyolo info --model leyolo-s --imgsz 640
   leyolo predict --model LeYOLONano.pt --source images/ --save-txt
   leyolo val --model LeYOLONano.pt --data coco-mini/data.yaml --imgsz 640 --json dets.json
-  leyolo export --model LeYOLONano.pt --format onnx --dynamic
+  leyolo export --model LeYOLONano.pt --format onnx              # dynamic shapes: same detections as torch
   leyolo export --model LeYOLONano.pt --format openvino --imgsz 320 --nms   # then: leyolo predict --model <folder>
   leyolo convert LeYOLONano.pt leyolo-n.safetensors
 """
@@ -46,8 +46,19 @@ def _unit_float(text: str) -> float:
     return value
 
 
-EXPORT_FORMATS = ["onnx", "torchscript", "openvino"]  # leyolo.deploy.base.FORMATS (kept here: no heavy import)
+EXPORT_FORMATS = ["onnx", "torchscript", "openvino", "triton"]  # leyolo.deploy.base.FORMATS (kept here: no heavy import)
 BACKEND_CHOICES = ["auto", "torch", "onnxruntime", "torchscript", "openvino"]  # leyolo.inference.backends.CHOICES
+
+
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """Appends ``(default: X)`` where there is a default worth saying and the help does not already say it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (action.default in (None, False, argparse.SUPPRESS) or "default" in text
+                or not action.option_strings or action.nargs == 0):
+            return text
+        return f"{text} (default: {action.default})" if text else f"(default: {action.default})"
 
 
 def _add_model(p: argparse.ArgumentParser) -> None:
@@ -93,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep only each box's best class (as predict does); default keeps every class above conf")
     p.add_argument("--json", type=Path, dest="json_out", help="write COCO-format detections to this file")
     p.add_argument("--verbose", "-v", action="store_true", help="also print per-class AP")
+    p.add_argument("--save-dir", type=Path,
+                   help="where pr_curve.png and confusion_matrix.png go (default: runs/val, numbered if it exists)")
+    p.add_argument("--no-plots", action="store_true", help="no PR curve or confusion matrix")
 
     p = sub.add_parser("export", help="export a model (ONNX, TorchScript, OpenVINO)",
                        description="Export for deployment. The exported model takes the letterboxed RGB image "
@@ -101,7 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=EXPORT_FORMATS,
                    help="export format (default: what --out implies: .onnx, .torchscript, *_openvino_model; else onnx)")
     p.add_argument("--imgsz", type=_positive_int, help="input size (default: the model's)")
-    p.add_argument("--dynamic", action="store_true", help="symbolic batch, height and width (TorchScript always is)")
+    shape = p.add_mutually_exclusive_group()
+    shape.add_argument("--dynamic", action="store_true", default=True,
+                       help="symbolic batch, height and width, so every image keeps its own letterbox and the "
+                            "export gives exactly torch's detections (the default; TorchScript always is)")
+    shape.add_argument("--static", dest="dynamic", action="store_false",
+                       help="fixed 1x3xSxS input (for runtimes that need it: images are padded to a square, "
+                            "so detections differ slightly from torch's)")
     p.add_argument("--half", action="store_true",
                    help="FP16 weights/compute, FP32 inputs and outputs (onnx, openvino); mainly for GPU runtimes")
     p.add_argument("--simplify", action="store_true", help="simplify the graph with onnxslim (onnx, openvino)")
@@ -116,14 +136,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output path (default: <arch>-<imgsz>.onnx, .torchscript or _openvino_model/)")
 
     p = sub.add_parser("train", help="train from scratch or fine-tune (YOLOv8-style recipe)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       formatter_class=_DefaultsFormatter,
                        description="Train a detector. Start from a model name (from scratch) or weights (fine-tune). "
                                    "Several GPUs or CPU processes: torchrun --nproc_per_node N -m leyolo train ...")
     p.add_argument("--model", "-m", default="leyolo-n", help="model name (scratch) or .pt/.safetensors (fine-tune)")
     p.add_argument("--data", type=Path, help="data.yaml (YOLO txt labels or COCO json)")
-    p.add_argument("--epochs", type=_positive_int, default=100)
-    p.add_argument("--time", type=float, help="training budget in minutes (overrides --epochs; schedule fitted to it)")
-    p.add_argument("--imgsz", type=_positive_int, default=640)
+    p.add_argument("--epochs", type=_positive_int, default=100, help="epochs to train")
+    p.add_argument("--time", type=float,
+                   help="training budget in minutes, a target: overrides --epochs; the epoch count is planned from "
+                        "the measured speed and shown")
+    p.add_argument("--min-epochs", type=_positive_int, help="with --time: train at least this many epochs (default 1)")
+    p.add_argument("--imgsz", type=_positive_int, default=640, help="training image size (multiple of 32)")
     p.add_argument("--batch", type=_positive_int, default=16, help="images per step, all processes together")
     p.add_argument("--nbs", type=_positive_int, default=64, help="nominal batch reached by gradient accumulation")
     # No argparse defaults for these two: --resume must tell "given" from "left out" (then the checkpoint's
@@ -132,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=argparse.SUPPRESS,
                    help="cpu, cuda, cuda:0, or cuda:0,1 for DDP on several GPUs (launched via torchrun) "
                         "(default: cpu)")
+    p.add_argument("--threads", type=_positive_int,
+                   help="torch CPU threads (default: torch's; 1 is often faster when other jobs share the cores)")
     p.add_argument("--resume", nargs="?", const="", default=None, metavar="CKPT",
                    help="continue an interrupted run: its last.safetensors or run folder (default: the latest run)")
     p.add_argument("--project", default="runs/train", help="parent folder of runs")
@@ -143,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr0", type=float, help="initial learning rate (recipe default: 0.01 scratch, 0.001 finetune)")
     p.add_argument("--lrf", type=float, default=0.01, help="final lr as a fraction of lr0")
     p.add_argument("--cos-lr", action="store_true", help="cosine instead of linear decay")
-    p.add_argument("--warmup-epochs", type=float)
+    p.add_argument("--warmup-epochs", type=float, help="warm-up epochs (recipe default: 3 scratch, 0 finetune)")
     p.add_argument("--mosaic", type=float, help="mosaic probability (recipe default: 1.0 scratch, 0 finetune)")
     p.add_argument("--mixup", type=float, default=0.0, help="mixup probability")
     p.add_argument("--close-mosaic", type=int, help="turn mosaic off for the last N epochs (scratch default 10)")
@@ -155,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", help="trained model to distil from (same classes)")
     p.add_argument("--distill-ratio", type=float, default=1.0, help="weight of the distillation loss")
     p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm under DDP on GPUs")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of weights init, data order and augmentation")
     p.add_argument("--no-val", action="store_true", help="skip per-epoch validation")
 
     p = sub.add_parser("synth", help="generate the synthetic shapes dataset (YOLO format)")
@@ -165,9 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--imgsz", type=_positive_int, default=320)
     p.add_argument("--seed", type=int, default=0)
 
-    p = sub.add_parser("demo", help="generate shapes, train leyolo-n on them, validate and predict (~5 min on 2 cores)")
+    p = sub.add_parser("demo", help="generate shapes, train leyolo-n on them, validate and predict (~4 min on 2 cores)")
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="where data, weights and images go")
-    p.add_argument("--time", type=float, default=3.0, help="training budget in minutes")
+    p.add_argument("--time", type=float, default=3.0,
+                   help="training time target in minutes (default 3; a slow machine takes longer to reach the "
+                        "minimum training the demo needs, and says so)")
     p.add_argument("--device", default="cpu")
 
     p = sub.add_parser("convert", help="rewrite a model in leyolo's safetensors format")
@@ -192,6 +219,10 @@ def _add_inference_args(p: argparse.ArgumentParser, conf: float | None) -> None:
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:0 (default cpu)")
     p.add_argument("--threads", type=_positive_int,
                    help="CPU threads for the runtime (default: the CPUs this process may use)")
+    p.add_argument("--augment", action="store_true",
+                   help="test-time augmentation: 3 scales (1, 0.83 mirrored, 0.67) merged; ~2x the time")
+    p.add_argument("--tta-merge", default="nms", choices=["nms", "wbf"],
+                   help="how --augment merges its passes: one NMS over all candidates, or weighted box fusion")
 
 
 def _version() -> str:
@@ -206,8 +237,17 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     detector = load(args.model)
     info = detector.info(args.imgsz)
-    if detector.model is not None:  # attention models: the fused (as published) and with-attention counts
-        info.update(extra_gflops(detector.model, info["imgsz"]))
+    if detector.model is None:  # an export: what its metadata and file say
+        if args.json:
+            print(json.dumps(info))
+        else:
+            params = f"{info['params']:,} parameters" if info.get("params") is not None else "parameters unknown"
+            params = params.replace("parameters", "weights (BatchNorm folded)")
+            print(f"{info['model']} ({info['format']} export{', dynamic' if info['dynamic'] else ''}"
+                  f"{', postprocess in graph' if info['nms'] else ''}): {info['classes']} classes, {params}, "
+                  f"input {info['imgsz']}, {info['kind']} output; GFLOPs need the PyTorch weights")
+        return 0
+    info.update(extra_gflops(detector.model, info["imgsz"]))  # attention models: fused and with-attention counts
     if not args.json:
         print(layer_table(detector.model, info["imgsz"]))
         print(f"{info['model']}: {info['params']:,} parameters, {info['gflops']:.3f} GFLOPs at {info['imgsz']}"
@@ -228,6 +268,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     stream = detector.stream(
         args.source, backend=args.backend, device=args.device, threads=args.threads,
         imgsz=args.imgsz or detector.meta.imgsz, conf=args.conf, iou=args.iou, max_det=args.max_det, batch=args.batch,
+        augment=args.augment, tta_merge=args.tta_merge,
     )
     writer = PredictionWriter(
         args.save_dir, args.source, save_images=not args.no_save, save_txt=args.save_txt, save_json=args.save_json,
@@ -242,6 +283,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_val(args: argparse.Namespace) -> int:
     from .api import load
     from .engine.evaluator import format_metrics
+    from .inference.writers import next_free_dir
 
     detector = load(args.model)
     bar = None
@@ -257,12 +299,16 @@ def cmd_val(args: argparse.Namespace) -> int:
         metrics = detector.val(
             args.data, split=args.split, imgsz=args.imgsz, batch=args.batch, conf=args.conf, iou=args.iou,
             max_det=args.max_det, single_label=args.single_label, backend=args.backend, device=args.device,
-            threads=args.threads, json_path=args.json_out, verbose=args.verbose, progress=progress,
+            threads=args.threads, augment=args.augment, tta_merge=args.tta_merge, json_path=args.json_out,
+            verbose=args.verbose, progress=progress,
+            plots_dir=None if args.no_plots else (args.save_dir or next_free_dir(Path("runs/val"))),
         )
     finally:
         if bar is not None:
             bar.close()
     print(format_metrics(metrics))
+    if metrics.get("plots"):
+        print(f"plots: {', '.join(metrics['plots'])}")
     for reason in metrics.get("skipped", []):
         print(f"skipped: {reason}", file=sys.stderr)
     if args.json_out:
@@ -292,8 +338,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-TRAIN_FIELDS = ("epochs", "time", "imgsz", "batch", "nbs", "workers", "device", "project", "name", "exist_ok", "recipe",
-                "optimizer", "lr0", "lrf", "cos_lr", "warmup_epochs", "mosaic", "mixup", "close_mosaic", "multi_scale",
+TRAIN_FIELDS = ("epochs", "time", "min_epochs", "imgsz", "batch", "nbs", "workers", "device", "threads", "project",
+                "name", "exist_ok", "recipe", "optimizer", "lr0", "lrf", "cos_lr", "warmup_epochs", "mosaic", "mixup", "close_mosaic", "multi_scale",
                 "focal_gamma", "class_weights", "weighted_sampler", "teacher", "distill_ratio", "sync_bn", "seed")
 
 
@@ -327,7 +373,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     options["val"] = not args.no_val
     if args.resume is not None:
         target = args.resume or _latest_run(Path(args.project))
-        explicit = {k: v for k, v in options.items() if k in ("device", "workers")}
+        explicit = {k: v for k, v in options.items() if k in ("device", "workers", "threads")}
         result = train(resume=target, **explicit)
     else:
         if args.data is None:
@@ -370,7 +416,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # Modules exposing ``add_cli(subparsers)``, which adds a parser with ``set_defaults(handler=fn)``
 # where ``fn(args) -> int``. Keep their imports light: heavy dependencies load inside ``fn``.
 PLUGIN_MODULES: tuple[str, ...] = ("leyolo.tools.bench", "leyolo.tools.ablate", "leyolo.tools.quantize",
-                                  "leyolo.tools.prune")
+                                  "leyolo.tools.prune", "leyolo.tools.serve")
 
 COMMANDS = {"train": cmd_train, "synth": cmd_synth, "demo": cmd_demo, "info": cmd_info, "predict": cmd_predict,
             "val": cmd_val, "export": cmd_export, "convert": cmd_convert}

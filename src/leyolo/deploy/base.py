@@ -33,7 +33,7 @@ from ..models.base import DecodedModel, DetectionModel
 from ..ops import check_imgsz
 
 METADATA_KEY = "leyolo"
-FORMATS = ("onnx", "torchscript", "openvino")
+FORMATS = ("onnx", "torchscript", "openvino", "triton")
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class ExportOptions:
     """What an export bakes in. ``conf``/``iou``/``max_det``/``multi_label`` only matter with ``nms``."""
 
     imgsz: int = 640
-    dynamic: bool = False
+    dynamic: bool = True  # every image keeps its own letterbox, as in torch; False: fixed square input
     half: bool = False
     simplify: bool = False
     nms: bool = False

@@ -45,7 +45,7 @@ def onnx_proto(model: DetectionModel, opts: ExportOptions, tmp: str) -> Any:
     return proto
 
 
-def export_onnx(model: DetectionModel, path: str | Path, imgsz: int = 640, dynamic: bool = False,
+def export_onnx(model: DetectionModel, path: str | Path, imgsz: int = 640, dynamic: bool = True,
                 **options: Any) -> Path:
     """Write ``model`` as ONNX (opset 17); ``dynamic`` makes batch, height and width symbolic.
 

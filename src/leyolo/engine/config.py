@@ -32,12 +32,14 @@ class TrainConfig(AugmentConfig):
     model: str = "leyolo-n"
     data: str = ""
     epochs: int = 100
-    time: float | None = None  # minutes; overrides epochs, the schedule is fitted to the budget
+    time: float | None = None  # minutes, a target: overrides epochs, planned from measured speed
+    min_epochs: int = 1  # with time: run at least this many epochs, even past the budget
     imgsz: int = 640
     batch: int = 16
     nbs: int = 64  # nominal batch: gradients accumulate to about this many images per step
     workers: int = 2
     device: str = "cpu"
+    threads: int | None = None  # torch intra-op threads while training (None: torch's default)
     recipe: str = "auto"  # auto | scratch | finetune
     optimizer: str = "SGD"
     lr0: float | None = None
@@ -73,6 +75,7 @@ class TrainConfig(AugmentConfig):
     distill_temperature: float = 2.0
     val: bool = True
     plots: bool = True
+    progress: bool = True  # a progress bar per epoch (stderr)
 
     def resolved(self, pretrained: bool) -> "TrainConfig":
         """A copy with recipe defaults filled in and values checked."""
@@ -86,9 +89,11 @@ class TrainConfig(AugmentConfig):
 
     def check(self) -> None:
         check_imgsz(self.imgsz)
-        for name in ("epochs", "batch", "nbs"):
+        for name in ("epochs", "batch", "nbs", "min_epochs"):
             if getattr(self, name) < 1:
                 raise LeyoloError(f"--{name} must be at least 1")
+        if self.threads is not None and self.threads < 1:
+            raise LeyoloError("--threads must be at least 1")
         if self.workers < 0:
             raise LeyoloError("--workers must be >= 0")
         if self.time is not None and self.time <= 0:

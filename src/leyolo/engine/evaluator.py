@@ -23,6 +23,8 @@ from ..data.datasets import DatasetSpec, image_size, label_path, read_yolo_label
 from ..errors import LeyoloError
 from ..structures import Results
 from ..fileio import atomic_write
+from .metrics import confusion_matrix, precision_recall
+from .plots import plot_confusion_matrix, plot_pr_curves
 
 LOGGER = logging.getLogger("leyolo")
 _MAX_LOGGED_PROBLEMS = 10
@@ -34,6 +36,7 @@ STAT_KEYS = (
 )
 
 T = TypeVar("T")
+CONFUSION_CONF, CONFUSION_IOU = 0.25, 0.45  # the operating point of the confusion matrix (the YOLO tools' too)
 
 
 def _quiet(fn: Callable[[], T]) -> tuple[T, str]:
@@ -207,8 +210,13 @@ class CocoEvaluator:
         _quiet(res.createIndex)
         return res
 
-    def summarize(self, verbose: bool = False) -> dict[str, Any]:
-        """COCO metrics; ``nan`` where pycocotools reports -1 (nothing of that kind in the ground truth)."""
+    def summarize(self, verbose: bool = False, plots_dir: str | Path | None = None) -> dict[str, Any]:
+        """COCO metrics; ``nan`` where pycocotools reports -1 (nothing of that kind in the ground truth).
+
+        Also ``precision`` and ``recall`` (class means at the confidence ``pr_conf`` of best mean
+        F1, IoU 0.5, from COCOeval's matches). With ``plots_dir``: ``pr_curve.png`` and
+        ``confusion_matrix.png`` (conf 0.25, IoU 0.45) there, listed under ``plots``.
+        """
         coco_eval = COCOeval(self._gt, self._results_coco(), "bbox")
         coco_eval.params.imgIds = sorted(set(self._ids.values()))
         _quiet(coco_eval.evaluate)
@@ -217,6 +225,16 @@ class CocoEvaluator:
         metrics: dict[str, Any] = {
             key: (float(v) if v > -1 else math.nan) for key, v in zip(STAT_KEYS, coco_eval.stats.tolist())
         }
+        pr = precision_recall(coco_eval, self.category_ids)
+        metrics.update(precision=pr["precision"], recall=pr["recall"], pr_conf=pr["conf"])
+        if plots_dir is not None:
+            matrix = confusion_matrix(self._gt, self._detections, self.category_ids, CONFUSION_CONF, CONFUSION_IOU)
+            written = [plot_confusion_matrix(matrix, self.names, Path(plots_dir) / "confusion_matrix.png",
+                                             CONFUSION_CONF, CONFUSION_IOU)]
+            if pr["curves"] is not None:
+                written.append(plot_pr_curves(pr["curves"], self.names, Path(plots_dir) / "pr_curve.png"))
+            metrics["plots"] = [str(p) for p in written if p is not None]
+            metrics["confusion_matrix"] = matrix.tolist()
         if verbose:
             precision = coco_eval.eval["precision"]  # [T, R, K, A, M]
             area_all = coco_eval.params.areaRngLbl.index("all")
@@ -244,6 +262,10 @@ def format_metrics(metrics: dict[str, Any]) -> str:
     for key in STAT_KEYS:
         if key in metrics:
             lines.append(f"  {key:<12}{_fmt(float(metrics[key]))}")
+    if "precision" in metrics:
+        lines.append(f"  {'precision':<12}{_fmt(float(metrics['precision']))}   (IoU 0.5, at conf "
+                     f"{metrics.get('pr_conf', float('nan')):.3f}, where mean F1 peaks)")
+        lines.append(f"  {'recall':<12}{_fmt(float(metrics['recall']))}")
     per_class = metrics.get("per_class")
     if per_class:
         width = max(12, *(len(n) for n in per_class)) + 2

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 import random
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -210,9 +212,13 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ loop
     def train(self) -> dict[str, Any]:
+        threads = torch.get_num_threads()
         try:
+            if self.requested.threads:
+                torch.set_num_threads(self.requested.threads)  # process-wide: put back when training ends
             return self._train()
         finally:
+            torch.set_num_threads(threads)
             saved = getattr(self, "_global_rng", None)
             if saved is not None:
                 random.setstate(saved[0])
@@ -230,6 +236,9 @@ class Trainer:
         cfg = self.config
         if not hasattr(self, "epochs"):
             self.epochs = cfg.epochs
+        self.planned = not cfg.time or self.start_epoch > 0  # a --time run plans its epochs once it has measured
+        if not self.planned:
+            self.epochs = max(cfg.min_epochs, 1)
         self.nb = len(self.loader)
         self.warmup_iters = max(round(cfg.warmup_epochs * self.nb), cfg.min_warmup_iters) if cfg.warmup_epochs > 0 else 0
         self.t0 = time.perf_counter()
@@ -237,7 +246,8 @@ class Trainer:
         epoch = self.start_epoch
         if self.is_main:
             log.info("training %s on %s for %s, results in %s", unwrap(self.model).meta.arch, cfg.data,
-                     f"{cfg.time} min" if cfg.time else f"{self.epochs} epochs", self.save_dir)
+                     f"{cfg.time:g} min (epochs planned from measured speed)" if cfg.time else f"{self.epochs} epochs",
+                     self.save_dir)
         while epoch < self.epochs and not self.stop:
             epoch_start = time.perf_counter()
             self.epoch = epoch
@@ -259,9 +269,13 @@ class Trainer:
                 self.stop, self.epochs = bool(flag[0]), int(flag[1])
             epoch += 1
         self._fire("after_train")
-        result = {"save_dir": str(self.save_dir), "best": str(self.weights_dir / "best.safetensors"),
+        best = self.weights_dir / "best.safetensors"
+        plots: list[str] = []
+        if self.is_main and cfg.val and cfg.plots and best.is_file():  # PR curves and confusion matrix of the best
+            plots = self.validate(load_model(best).to(self.device), plots_dir=self.save_dir).get("plots", [])
+        result = {"save_dir": str(self.save_dir), "best": str(best),
                   "last": str(self.weights_dir / "last.safetensors"), "epochs": epoch, "metrics": self.metrics,
-                  "best_fitness": self.best_fitness, "seconds": self.elapsed()}
+                  "best_fitness": self.best_fitness, "seconds": self.elapsed(), "plots": plots}
         if self.distributed:
             dist.barrier()
             dist.destroy_process_group()
@@ -270,20 +284,31 @@ class Trainer:
     def elapsed(self) -> float:
         return self.elapsed_before + time.perf_counter() - self.t0
 
+    def _plan_epochs(self, done: float, per_epoch: float) -> None:
+        """With ``--time``: the epoch count that makes the run end nearest the budget (a target, not a
+        cut-off: the last epoch may end up to half an epoch late), never below ``min_epochs``.
+
+        ``done`` epochs (fractional while the first is measured) took ``per_epoch`` seconds each.
+        """
+        cfg = self.config
+        current = math.ceil(done - 1e-9)  # epochs complete once the one under way ends
+        after_current = cfg.time * 60 - self.elapsed() - (current - done) * per_epoch
+        planned = max(cfg.min_epochs, current + max(round(after_current / per_epoch), 0))
+        if planned != self.epochs or not self.planned:
+            log.info("%s %d epochs (~%.0f s each) for the %g-minute budget", "planned" if not self.planned else
+                     "re-planned:", planned, per_epoch, cfg.time)
+        self.epochs, self.planned = planned, True
+
     def _fit_time_budget(self, epoch: int) -> None:
-        """With ``--time``: re-plan the epoch count from the measured epoch time so the run ends in budget."""
-        budget = self.config.time
-        if not budget or not self.is_main:
+        """With ``--time``: re-plan from the mean of the last three epochs (the machine's speed drifts)."""
+        if not self.config.time or not self.is_main:
             return
-        per_epoch = float(np.max(self.epoch_times[-3:]))  # pessimistic: the run must end inside the budget
-        remaining = budget * 60 - self.elapsed()
-        more = int(remaining // per_epoch) if remaining > 0 else 0
-        self.epochs = epoch + 1 + more
-        if more == 0:
+        self._plan_epochs(epoch + 1, float(np.mean(self.epoch_times[-3:])))
+        if epoch + 1 >= self.epochs:
             self.stop = True
 
     def _close_mosaic(self) -> None:
-        log.info("closing mosaic for the last %d epochs", self.config.close_mosaic)
+        log.info("closing mosaic for the last %d epoch(s)", max(self.epochs - self.epoch, 1))
         self.train_set.close_mosaic()
         self.loader = self._build_loader()
 
@@ -310,9 +335,11 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, float] = {}
         count = 0
-        bar = tqdm(self.loader, total=self.nb, desc=f"epoch {epoch + 1}/{self.epochs}", unit="batch",
-                   disable=not self.is_main or None, leave=False)
+        bar = tqdm(self.loader, total=self.nb, desc=self._epoch_label(epoch), unit="batch",
+                   disable=not (self.is_main and cfg.progress), mininterval=0.5 if sys.stderr.isatty() else 15.0)
         last_step = -1
+        start = time.perf_counter()
+        measure_at = min(self.nb, max(2, math.ceil(0.2 * self.nb)))  # batches timed before a --time run plans
         for i, batch in enumerate(bar):
             ni = i + self.nb * epoch
             accumulate = self._warmup(ni, epoch)
@@ -327,11 +354,25 @@ class Trainer:
             self._fire("after_iter")
             if self.is_main:
                 bar.set_postfix({k: f"{v / count:.3f}" for k, v in sums.items()})
-            if cfg.time and self.elapsed() > cfg.time * 60 + 5:
-                self.stop = True  # hard stop inside an epoch that overran the budget
+            if not self.planned and self.is_main and i + 1 == measure_at:
+                self._plan_epochs((i + 1) / self.nb, (time.perf_counter() - start) / (i + 1) * self.nb)
+                bar.set_description(self._epoch_label(epoch))
+            if self._overran(epoch):
+                self.stop = True  # hard stop: the machine slowed down far past the plan
                 break
         bar.close()
         return {k: v / max(count, 1) for k, v in sums.items()}
+
+    def _epoch_label(self, epoch: int) -> str:
+        return f"epoch {epoch + 1}/{self.epochs}" if self.planned else f"epoch {epoch + 1} (timing to plan)"
+
+    def _overran(self, epoch: int) -> bool:
+        """Past the budget by more than one epoch's time (30 s at least), with ``min_epochs`` done."""
+        cfg = self.config
+        if not cfg.time or epoch < cfg.min_epochs:
+            return False
+        per_epoch = float(np.mean(self.epoch_times[-3:])) if self.epoch_times else 0.0
+        return self.elapsed() > cfg.time * 60 + max(30.0, per_epoch)
 
     def _warmup(self, ni: int, epoch: int) -> int:
         """Warm-up of lr (bias group from ``warmup_bias_lr``), momentum and accumulation; returns accumulation."""
@@ -394,12 +435,13 @@ class Trainer:
         self.ema.update(self.model)
 
     # -------------------------------------------------------------------- validation & saving
-    def validate(self) -> dict[str, Any]:
-        """COCO metrics of the EMA weights on the val split (the standard protocol of their output kind)."""
-        model = self.ema.ema
+    def validate(self, model: DetectionModel | None = None, plots_dir: Path | None = None) -> dict[str, Any]:
+        """COCO metrics of ``model`` (default: the EMA weights) on the val split, with the standard
+        protocol of its output kind; ``plots_dir`` also gets the PR curves and confusion matrix."""
+        model = self.ema.ema if model is None else model
         backend = TorchBackend(model, str(self.device) if self.device.type == "cuda" else "cpu")
         predictor = Predictor.for_meta(backend, model.meta, **val_settings(model.meta.kind, imgsz=self.config.imgsz))
-        return validate(predictor, self.config.data)
+        return validate(predictor, self.config.data, plots_dir=plots_dir)
 
     def _after_epoch(self, epoch: int, losses: dict[str, float]) -> None:
         cfg = self.config

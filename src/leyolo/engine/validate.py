@@ -36,12 +36,14 @@ def validate(
     json_path: str | Path | None = None,
     verbose: bool = False,
     progress: Callable[[int], Any] | None = None,
+    plots_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """COCO metrics of ``predictor``'s detections on a split of the dataset described by ``data``.
 
     The predictor carries the protocol (``val_settings`` gives the standard one). Detections are
     written in COCO format (original pixels, COCO category ids) to ``json_path`` when given.
-    Unreadable images are logged, skipped and counted.
+    Unreadable images are logged, skipped and counted. With ``plots_dir``, the PR curves and the
+    confusion matrix are drawn there.
 
     ``progress``, if given, is called with the number of images to expect and must return a
     callable advanced by one per image (a tqdm bar's ``update`` fits).
@@ -69,7 +71,7 @@ def validate(
     seconds = time.perf_counter() - start
     if json_path is not None:
         evaluator.write_json(json_path)
-    metrics = evaluator.summarize(verbose=verbose)
+    metrics = evaluator.summarize(verbose=verbose, plots_dir=plots_dir)
     metrics.update({"skipped": skipped, "seconds": seconds, "imgsz": predictor.config.imgsz,
                     "backend": getattr(predictor.backend, "name", "?"), "multi_label": predictor.config.multi_label})
     return metrics

@@ -188,13 +188,19 @@ def load_torchscript(path: str | Path) -> torch.jit.ScriptModule:
     return module.eval()
 
 
-def onnxruntime_session(path: str | Path, threads: int | None = None):
-    """An onnxruntime CPU session with full graph optimisation, on the CPUs this process may use."""
+def onnxruntime_session(path: str | Path, threads: int | None = None, spinning: bool = True):
+    """An onnxruntime CPU session with full graph optimisation, on the CPUs this process may use.
+
+    ``spinning`` keeps onnxruntime's idle threads busy-waiting between calls: fastest on a quiet
+    machine, slower when the cores are oversubscribed (BENCHMARKS.md, onnxruntime settings).
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads or usable_cpus()
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
@@ -215,9 +221,10 @@ class OnnxRuntimeBackend:
 
     name = "onnxruntime"
 
-    def __init__(self, path: str | Path, threads: int | None = None, nms: dict | None = None) -> None:
+    def __init__(self, path: str | Path, threads: int | None = None, nms: dict | None = None,
+                 spinning: bool = True) -> None:
         self.path = Path(path)
-        self.session = onnxruntime_session(self.path, threads)
+        self.session = onnxruntime_session(self.path, threads, spinning)
         self.input_name = self.session.get_inputs()[0].name
         self.fixed_hw, self.fixed_batch = _fixed(self.session.get_inputs()[0].shape)
         self.output_names = [o.name for o in self.session.get_outputs()]

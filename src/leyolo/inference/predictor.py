@@ -22,10 +22,20 @@ import numpy as np
 from ..data.images import to_bgr8
 from ..errors import LeyoloError
 from ..models.base import OUTPUT_KINDS, ModelMeta
-from ..ops import Detections, LetterboxInfo, check_imgsz, letterbox, postprocess, topk_postprocess, unletterbox_boxes
+from ..ops import (
+    Detections,
+    LetterboxInfo,
+    batched_nms,
+    check_imgsz,
+    letterbox,
+    postprocess,
+    topk_postprocess,
+    unletterbox_boxes,
+)
 from ..structures import Results
 from .backends import Backend, Output
 from .sources import Frame
+from .tta import MERGES, Pass, augmented_passes, to_original, weighted_box_fusion
 
 log = logging.getLogger("leyolo")
 
@@ -46,6 +56,9 @@ class PredictConfig:
     max_candidates: int = 30000
     kind: str = "dense"  # the model's output kind: "dense" -> NMS, "set" -> top-k
     classes: tuple[int, ...] | None = None  # keep only these class indices
+    augment: bool = False  # test-time augmentation (``inference.tta``): 3 scales, one mirrored
+    tta_merge: str = "nms"  # how the augmented passes are merged: nms | wbf
+    strides: tuple[int, ...] | None = None  # a dense head's level strides (TTA drops a level per scale)
 
     def validate(self) -> "PredictConfig":
         check_imgsz(self.imgsz, self.stride)
@@ -59,6 +72,8 @@ class PredictConfig:
             raise LeyoloError(f"--max-det must be at least 1, got {self.max_det}")
         if self.batch < 1:
             raise LeyoloError(f"--batch must be at least 1, got {self.batch}")
+        if self.tta_merge not in MERGES:
+            raise LeyoloError(f"--tta-merge must be one of {', '.join(MERGES)}, got {self.tta_merge!r}")
         if self.classes is not None and any(isinstance(c, bool) or not isinstance(c, int) or c < 0
                                             for c in self.classes):
             raise LeyoloError(f"--classes must be class indices (non-negative integers), got {list(self.classes)}")
@@ -71,6 +86,7 @@ class _Prepared:
     blob: np.ndarray | None  # [1, 3, H, W] float32 RGB in [0, 1]
     info: LetterboxInfo | None
     seconds: float = 0.0
+    passes: list[Pass] | None = None  # the test-time augmentation views
 
 
 class Predictor:
@@ -110,7 +126,10 @@ class Predictor:
             if config["imgsz"] != fixed[0]:
                 raise LeyoloError(f"{where} was exported for --imgsz {fixed[0]}, not {config['imgsz']}")
             square = True
-        cfg = PredictConfig(stride=meta.stride, pad_value=meta.pad_value, kind=meta.kind, square=square, **config)
+            if config.get("augment"):
+                raise LeyoloError(f"{where} has a fixed input shape; test-time augmentation needs a dynamic export")
+        cfg = PredictConfig(stride=meta.stride, pad_value=meta.pad_value, kind=meta.kind, square=square,
+                            strides=meta.strides, **config)
         return cls(backend, meta.names, cfg)
 
     def _warn_baked(self, baked: dict | None) -> None:
@@ -156,8 +175,13 @@ class Predictor:
         if frame.image is None:
             return _Prepared(frame, None, None)
         start = time.perf_counter()
+        cfg = self.config
         try:
-            blob, info = self.prepare(to_bgr8(frame.image, frame.path))
+            image = to_bgr8(frame.image, frame.path)
+            if cfg.augment:
+                passes = augmented_passes(image, cfg.imgsz, cfg.stride, cfg.pad_value, cfg.square)
+                return _Prepared(frame, passes[0].blob, passes[0].info, time.perf_counter() - start, passes)
+            blob, info = self.prepare(image)
         except LeyoloError as exc:
             return _Prepared(Frame(frame.path, None, frame.frame, str(exc)), None, None)
         return _Prepared(frame, blob, info, time.perf_counter() - start)
@@ -194,11 +218,57 @@ class Predictor:
                 group = []
                 yield item.frame
                 continue
+            if item.passes is not None:
+                yield self._run_augmented(item)
+                continue
             if group and (item.blob.shape != group[0].blob.shape or len(group) >= self.config.batch):
                 yield from self._flush(group)
                 group = []
             group.append(item)
         yield from self._flush(group)
+
+    def _pass_detections(self, raw: Output, view: Pass) -> Detections:
+        """One augmented view's detections, in original-image pixels."""
+        cfg = self.config
+        if self.end_to_end:
+            det = self._detections(raw, 0)
+            boxes = to_original(det.boxes.T, view, None)[:4].T  # only the box rows: mapped and unmirrored
+            return Detections(np.ascontiguousarray(boxes), det.scores, det.classes)
+        decoded = to_original(raw[0], view, None)
+        if cfg.kind == "set":
+            return topk_postprocess(decoded, cfg.conf, cfg.max_det, self._classes)
+        return postprocess(decoded, cfg.conf, cfg.iou, cfg.max_det, cfg.multi_label, cfg.max_candidates, self._classes)
+
+    def _run_augmented(self, p: _Prepared) -> Results:
+        """Test-time augmentation: every view through the backend, mapped back, then merged."""
+        cfg = self.config
+        passes = p.passes or []
+        start = time.perf_counter()
+        raws = [self.backend(view.blob) for view in passes]
+        infer = time.perf_counter() - start
+        t0 = time.perf_counter()
+        if cfg.tta_merge == "nms" and not self.end_to_end and cfg.kind == "dense":
+            # the recipe: every view's candidates (less its clipped level) through one NMS
+            merged = np.concatenate([to_original(raw[0], view, cfg.strides) for raw, view in zip(raws, passes)], 1)
+            det = postprocess(merged, cfg.conf, cfg.iou, cfg.max_det, cfg.multi_label, cfg.max_candidates,
+                              self._classes)
+        else:  # each view's own detections, fused (wbf) or NMS'd together (set predictors, end-to-end exports)
+            parts = [self._pass_detections(raw, view) for raw, view in zip(raws, passes)]
+            if cfg.tta_merge == "wbf":
+                det = weighted_box_fusion(parts, max_det=cfg.max_det)
+            else:
+                boxes = np.concatenate([d.boxes for d in parts])
+                scores = np.concatenate([d.scores for d in parts])
+                classes = np.concatenate([d.classes for d in parts])
+                keep = batched_nms(boxes, scores, classes, cfg.iou, cfg.max_det)
+                det = Detections(boxes[keep], scores[keep], classes[keep])
+        h, w = p.info.original_shape
+        boxes = det.boxes.copy()
+        boxes[:, [0, 2]] = np.clip(boxes[:, [0, 2]], 0, w)
+        boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]], 0, h)
+        speed = {"preprocess": p.seconds, "inference": infer, "postprocess": time.perf_counter() - t0}
+        return Results(boxes, det.scores, det.classes, self.names, (h, w), p.frame.path, p.frame.frame, speed,
+                       p.frame.image)
 
     def _flush(self, group: list[_Prepared]) -> Iterator[Results]:
         if group:

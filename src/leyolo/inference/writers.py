@@ -1,4 +1,9 @@
-"""Where ``leyolo predict`` puts its outputs: annotated images/videos, YOLO txt, COCO json."""
+"""Where ``leyolo predict`` puts its outputs: annotated images/videos, YOLO txt, COCO json.
+
+The COCO json holds COCO category ids (``leyolo.coco.category_ids``: COCO's own for COCO's 80
+classes, else class index + 1), the same ids ``leyolo val --json`` writes, and a
+``file_name`` per record; image ids are numeric file stems where there are some.
+"""
 
 from __future__ import annotations
 
@@ -82,6 +87,11 @@ class PredictionWriter:
                     continue
                 summary.images += 1
                 summary.detections += len(item)
+                if not self.quiet:
+                    where = item.path or "array"
+                    where += f" frame {item.frame}" if item.frame is not None else ""
+                    ms = 1e3 * item.speed.get("inference", 0.0)
+                    bar.write(f"{summary.images}/{total or '?'} {where}: {item.summary()} ({ms:.1f} ms)")
                 self._write(item)
         finally:
             bar.close()

@@ -41,12 +41,15 @@ class ModelMeta:
     pad_value: int = 114
     extra: dict = field(default_factory=dict)
     kind: str = "dense"  # set by the model from its ``output_kind``; read back from exports
+    strides: tuple[int, ...] | None = None  # a dense head's level strides, in decode order (test-time augmentation)
 
     def to_dict(self, nc: int, imgsz: int | None = None, *, extra: bool = True) -> dict[str, Any]:
         """The JSON form stored in checkpoints and exports (``extra``: e.g. a pruning record, needed to load widths)."""
         out: dict[str, Any] = {"arch": self.arch, "names": list(self.names), "imgsz": int(imgsz or self.imgsz),
                                "stride": int(self.stride), "pad_value": int(self.pad_value), "nc": int(nc),
                                "kind": self.kind}
+        if self.strides:
+            out["strides"] = [int(s) for s in self.strides]
         if extra and self.extra:
             out["extra"] = dict(self.extra)
         return out

@@ -44,6 +44,7 @@ class LayerGraphModel(DetectionModel):
 
     def __init__(self, builder: LayerGraphBuilder, head_sources: Sequence[int], head: DenseHead, meta: ModelMeta):
         meta.stride = max(head.strides)
+        meta.strides = tuple(head.strides)
         super().__init__(meta)
         self.layers = nn.ModuleList(builder.layers)
         self.sources: list[Source] = list(builder.sources)

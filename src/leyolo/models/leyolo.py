@@ -11,23 +11,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ..coco import COCO_NAMES
 from .base import ModelEntry, ModelMeta
 from .graph import LayerGraphBuilder, LayerGraphModel
 from .heads import DNiNHead
 from .layers import SPPF, Concat, ConvBNAct, InvertedBottleneck, Upsample
-
-COCO_NAMES = [
-    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
-    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
-    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
-    "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
-    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
-    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
-    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard",
-    "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase",
-    "scissors", "teddy bear", "hair drier", "toothbrush",
-]  # fmt: skip
-
 
 @dataclass(frozen=True)
 class LeYOLOArch:

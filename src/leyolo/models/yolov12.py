@@ -18,12 +18,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+from ..coco import COCO_NAMES
 from .attention import RELAN
 from .base import ModelEntry, ModelMeta
 from .graph import LayerGraphBuilder, LayerGraphModel
 from .heads import DecoupledHead
 from .layers import C3k2, Concat, ConvBNAct, Upsample
-from .leyolo import COCO_NAMES
 
 
 @dataclass(frozen=True)

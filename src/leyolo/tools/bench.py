@@ -449,10 +449,43 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument("--source", help="images for --compare (default: the data's val images)")
     p.add_argument("--out", type=Path, default=Path("runs/bench"), help="report folder (default runs/bench)")
     p.add_argument("--no-isolate", action="store_true", help="time in this process (faster; no memory figure)")
+    p.add_argument("--profile", action="store_true",
+                   help="instead of the table: profile each model x backend (torch, onnxruntime) x size with the "
+                        "runtime's profiler, write a Chrome trace JSON to --out and print the top operators")
     p.set_defaults(handler=cmd_bench)
 
 
+def run_profiles(models: Sequence[str], backends: Sequence[str], sizes: Sequence[int], out: Path, runs: int,
+                 batch: int = 1, threads: int | None = None, top: int = 15) -> list[str]:
+    """``leyolo bench --profile``: a trace and an operator table per (model, backend, size); returns the lines."""
+    from ..api import Detector, load
+    from ..models.registry import create_model, list_models
+    from .profile import BACKENDS as PROFILED
+    from .profile import profile
+
+    _check_inputs(models, [b for b in backends if b in ENGINES], sizes, [batch], runs, 0, 1)
+    lines = []
+    for spec, label in zip(models, model_labels(models)):
+        detector = Detector(create_model(spec)) if spec in list_models() else load(spec)
+        for backend in [b for b in backends if b in PROFILED]:
+            for size in sizes:
+                result = profile(detector, backend, size, out, runs=runs, batch=batch, threads=threads)
+                lines.append(f"\n{label} on {backend} at {size} px: {result['total_ms']:.2f} ms per call in "
+                             f"operators; trace {result['trace']}")
+                rows = [{**r, "share": 100 * r["share"]} for r in result["rows"][:top]]
+                lines.append(markdown_table(rows, [("op", "operator", ""), ("calls", "calls/run", ""),
+                                                   ("ms", "ms/run", ".3f"), ("share", "%", ".1f")]))
+    if not lines:
+        raise LeyoloError(f"--profile supports the backends {', '.join(PROFILED)}")
+    return lines
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.profile:
+        for line in run_profiles(_split(args.models), _split(args.backends), parse_ints(args.imgsz, "--imgsz"),
+                                 args.out, min(args.runs, 50), parse_ints(args.batch, "--batch")[0], args.threads):
+            print(line)
+        return 0
     rows = run_benchmark(
         _split(args.models), _split(args.backends), parse_ints(args.imgsz, "--imgsz"),
         batches=parse_ints(args.batch, "--batch"), runs=args.runs, warmup=args.warmup, data=args.data,
