@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 import leyolo
 from leyolo.inference.sources import iter_frames

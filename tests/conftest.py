@@ -21,13 +21,37 @@ def _private_cache_dir(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("LEYOLO_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "leyolo-cache"))
 
 
-# Shared by the export and predict tests: the published nano (or an untrained leyolo-n), a score
-# threshold that keeps boxes for it, and three images of different shapes. Module-scoped.
+@pytest.fixture(scope="session")
+def trained_shapes(tmp_path_factory):
+    """A ``leyolo-n`` trained once per test session (~45 s) on 96 synthetic 128-px shapes images.
+
+    Returns ``shared_data.TrainedShapes``: the loaded detector, the weights, data.yaml, its val images,
+    and val metrics of the trained and of the untrained network on the same data. Tests that need a
+    detector that really finds objects without ``../shared`` use it.
+    """
+    from shared_data import train_shapes
+
+    root = tmp_path_factory.mktemp("trained-shapes")
+    with pytest.MonkeyPatch.context() as mp:  # the function-scoped cache fixture does not cover a session one
+        mp.setenv("LEYOLO_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "leyolo-cache"))
+        return train_shapes(root)
+
+
+def _trained_unless_shared(request):
+    from shared_data import HAVE_SHARED
+
+    return None if HAVE_SHARED else request.getfixturevalue("trained_shapes")
+
+
+# Shared by the export, predict, CLI, quantize and prune tests: the published nano (or, without
+# ../shared, the trained shapes model), a score threshold at which it keeps boxes, and three images of
+# different shapes with objects in them (coco-mini val photos, or mosaics of the shapes val images).
+# Module-scoped: each module gets its own fresh load.
 @pytest.fixture(scope="module")
-def detector():
+def detector(request):
     from shared_data import sample_detector
 
-    return sample_detector()
+    return sample_detector(_trained_unless_shared(request))
 
 
 @pytest.fixture(scope="module")
@@ -38,10 +62,18 @@ def conf() -> float:
 
 
 @pytest.fixture(scope="module")
-def images():
+def images(request):
     from shared_data import sample_images
 
-    return sample_images()
+    return sample_images(_trained_unless_shared(request))
+
+
+@pytest.fixture(scope="module")
+def detector_weights(request) -> str:
+    """The weights file ``detector`` was loaded from (for CLI tests)."""
+    from shared_data import sample_weights
+
+    return sample_weights(_trained_unless_shared(request))
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from leyolo.models.flops import count_gflops, count_params
 from leyolo.models.graph import LayerGraphModel
 from leyolo.models.registry import get_entry
 
-# Facts of the published models (shared/reference/LEYOLO.md).
+# Facts of the published models (shared/reference/LEYOLO.md), GFLOPs as published: 3 decimals.
 PARAMS = {"leyolo-n": 1_120_480, "leyolo-s": 1_917_440, "leyolo-m": 2_402_744, "leyolo-l": 2_402_744}
 GFLOPS = [
     ("leyolo-n", 320, 0.668),
@@ -57,15 +58,20 @@ def test_parameter_count_is_published(name):
 
 @pytest.mark.parametrize("name,imgsz,published", GFLOPS)
 def test_gflops_match_published_table(name, imgsz, published):
+    """The count equals the published figure at the precision it is published (3 decimals), i.e. within
+    half a unit of its last digit: 0.007-0.03%, except nano at 320, whose 0.668 is itself rounded by
+    0.075% (ours: 0.66765, -0.052%). BENCHMARKS.md and flops.py round that to "0.05%"."""
     gflops = count_gflops(_shared_model(name), imgsz)
-    assert gflops == pytest.approx(published, rel=0.01)
+    assert round(gflops, 3) == published, gflops
+    assert gflops == pytest.approx(published, rel=5.2e-4)  # no entry further off than 0.052%
 
 
 def test_gflops_scale_with_image_area():
+    """Every map size divides evenly at these sizes, so every term (conv, BN, upsample) scales exactly."""
     model = _shared_model("leyolo-n")
     g320, g640 = count_gflops(model, 320), count_gflops(model, 640)
-    assert g640 == pytest.approx(4 * g320, rel=0.01)
-    assert count_gflops(model, (320, 640)) == pytest.approx(2 * g320, rel=0.01)
+    assert g640 == pytest.approx(4 * g320, rel=1e-12)
+    assert count_gflops(model, (320, 640)) == pytest.approx(2 * g320, rel=1e-12)
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -256,3 +262,27 @@ def test_nano_and_small_head_inputs():
         fs = s.features(torch.zeros(1, 3, 64, 64))
     assert [f.shape[1] for f in fn] == [32, 64, 96]
     assert [f.shape[1] for f in fs] == [48, 88, 128]
+
+
+# -- training ----------------------------------------------------------------------------------------
+
+def test_training_raises_map_on_tiny_synthetic_set(trained_shapes):
+    """``leyolo-n`` trained ~45 s (20 epochs, 96 images of 128 px) on circles, squares and triangles.
+
+    Measured (val, 16 images, pycocotools): untrained 0.000 / 0.000, trained mAP50-95 0.31 and mAP50 0.52.
+    The bars are about 2/3 of that: a real learning signal, with room for another CPU's arithmetic.
+    """
+    before, after = trained_shapes.untrained_metrics, trained_shapes.metrics
+    assert before["images"] == after["images"] == 16
+    assert before["mAP50-95"] < 0.01 and before["mAP50"] < 0.01
+    assert after["mAP50-95"] >= 0.2 and after["mAP50"] >= 0.35, after
+    assert after["mAP50-95"] > before["mAP50-95"] + 0.19
+    result = trained_shapes.train_result
+    assert result["epochs"] == 20 and Path(result["best"]).is_file()
+    # the weights reload as the trained 3-class network and find the shapes in most val images at 0.25
+    assert trained_shapes.names == ["circle", "square", "triangle"]
+    best, saved = leyolo.load(result["best"]).model.state_dict(), trained_shapes.detector.model.state_dict()
+    assert best.keys() == saved.keys() and all(torch.equal(best[k], saved[k]) for k in best)
+    found = trained_shapes.detector.predict(trained_shapes.val_images, imgsz=trained_shapes.imgsz, conf=0.25,
+                                            backend="torch")
+    assert sum(len(r) > 0 for r in found) >= 10, [len(r) for r in found]  # measured 13 of 16

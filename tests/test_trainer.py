@@ -360,7 +360,8 @@ def test_ddp_two_cpu_processes(data, tmp_path, capsys):
     assert best.is_file() and (run / "weights" / "last.safetensors").is_file()
 
     capsys.readouterr()
-    assert main(["val", "--model", str(best), "--data", str(data), "--imgsz", str(IMG)]) == 0
+    assert main(["val", "--model", str(best), "--data", str(data), "--imgsz", str(IMG),
+                 "--save-dir", str(tmp_path / "val")]) == 0
     assert "mAP" in capsys.readouterr().out
 
 

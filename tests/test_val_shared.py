@@ -63,7 +63,7 @@ def run_val(tmp_path: Path, capsys, imgsz: int, single_label: bool, backend: str
             data: Path = DATA) -> tuple[Path, str]:
     out = tmp_path / f"dets-{imgsz}-{backend}-{'single' if single_label else 'multi'}.json"
     argv = ["-q", "val", "--model", str(NANO), "--data", str(data), "--imgsz", str(imgsz), "--json", str(out),
-            "--backend", backend]
+            "--backend", backend, "--save-dir", str(tmp_path / "plots")]
     if single_label:
         argv.append("--single-label")
     rc = main(argv)

@@ -19,8 +19,10 @@ import numpy as np
 
 from .data.images import VIDEO_SUFFIXES
 from .deploy.export import export as export_model
+from .deploy.ncnn import is_ncnn_export, ncnn_files, read_ncnn_metadata
 from .deploy.onnx_export import export_onnx, read_onnx_metadata
 from .deploy.openvino import read_openvino_metadata
+from .deploy.tensorrt import ENGINE_SUFFIX, read_engine, read_engine_metadata
 from .deploy.torchscript import read_torchscript_metadata, trace_decoded
 from .engine.trainer import train as train_model
 from .engine.validate import val_settings, validate
@@ -29,10 +31,12 @@ from .inference.backends import (
     BACKENDS,
     CHOICES,
     Backend,
+    NcnnBackend,
     OnnxRuntimeBackend,
     OpenVinoBackend,
     TorchBackend,
     TorchScriptBackend,
+    TensorRTBackend,
     auto_backend,
     openvino_xml,
 )
@@ -44,7 +48,8 @@ from .ops import check_imgsz
 from .structures import Results
 from .weights import load_model, save_native
 
-EXPORT_RUNTIMES = {"onnx": "onnxruntime", "torchscript": "torchscript", "openvino": "openvino"}
+EXPORT_RUNTIMES = {"onnx": "onnxruntime", "torchscript": "torchscript", "openvino": "openvino", "ncnn": "ncnn",
+                   "engine": "tensorrt"}
 
 
 class Detector:
@@ -72,7 +77,7 @@ class Detector:
         self.onnx_path = export_path if export_format == "onnx" else None
         self.meta = meta or model.meta  # type: ignore[union-attr]
         self._backends: dict[tuple, tuple[Any, Backend]] = {}
-        self._onnx_export: Path | None = None
+        self._onnx_export: tuple[Any, Path] | None = None  # (model version it was made from, file)
         self._tmpdir: tempfile.TemporaryDirectory | None = None
 
     def __repr__(self) -> str:
@@ -91,23 +96,30 @@ class Detector:
         return self.model
 
     def onnx_file(self, imgsz: int | None = None) -> Path:
-        """An ONNX file of this model: the export itself, or a dynamic-shape export made once into a temp folder."""
+        """An ONNX file of this model: the export itself, or a dynamic-shape export into a temp folder, made
+        again only when the weights have changed."""
         if self.onnx_path is not None:
             return self.onnx_path
-        if self._onnx_export is None or not self._onnx_export.is_file():
+        version = self._version()
+        if self._onnx_export is None or self._onnx_export[0] != version or not self._onnx_export[1].is_file():
             if self._tmpdir is None:
                 self._tmpdir = tempfile.TemporaryDirectory(prefix="leyolo-")
             path = Path(self._tmpdir.name) / f"{self.meta.arch}.onnx"
-            self._onnx_export = export_onnx(self._require_model("export"), path, imgsz or self.meta.imgsz,
-                                            dynamic=True)
-        return self._onnx_export
+            model = self._require_model("export")
+            self._onnx_export = version, export_onnx(model, path, imgsz or self.meta.imgsz, dynamic=True)
+        return self._onnx_export[1]
 
     def resolve_backend(self, name: str = "auto", device: str = "cpu") -> str:
         """The backend that will run: ``auto`` resolved for the device, an export's own runtime checked."""
         if name not in CHOICES:
             raise LeyoloError(f"unknown backend {name!r}; choose from {', '.join(CHOICES)}")
         if name == "auto":
+            if self.model is None and self.export_format in ("ncnn", "engine"):
+                return EXPORT_RUNTIMES[self.export_format]  # these run on their own runtime only
             return auto_backend(device, self.export_format)
+        if name == "tensorrt" and self.model is not None:
+            raise LeyoloError("--backend tensorrt runs an engine: build one with leyolo export --format engine, "
+                              "then load the .engine")
         if self.model is None:
             runtime = EXPORT_RUNTIMES[self.export_format]  # type: ignore[index]
             if name == "torch":
@@ -152,6 +164,23 @@ class Detector:
         if name == "openvino":
             path = openvino_xml(self.export_path) if self.export_format == "openvino" else self.onnx_file(imgsz)
             return OpenVinoBackend(path, nms=nms, half=half, threads=threads)
+        if name == "ncnn":
+            if self.model is None:
+                info = read_ncnn_metadata(self.export_path)  # type: ignore[arg-type]
+                files = ncnn_files(self.export_path)  # type: ignore[arg-type]
+            else:  # PyTorch weights: a dynamic-shape NCNN export made into the temp folder for this backend
+                if self._tmpdir is None:
+                    self._tmpdir = tempfile.TemporaryDirectory(prefix="leyolo-")
+                folder = export_model(self.model, Path(self._tmpdir.name) / f"{self.meta.arch}_ncnn_model", "ncnn",
+                                      imgsz=imgsz, dynamic=True)
+                info, files = read_ncnn_metadata(folder), ncnn_files(folder)
+            fixed = None if info.get("dynamic", True) else (int(info["imgsz"]), int(info["imgsz"]))
+            return NcnnBackend(*files, threads=threads, fp16=bool(info.get("half")),
+                               output=str(info.get("output", "xyxy+scores")), strides=info.get("strides"),
+                               fixed_hw=fixed)
+        if name == "tensorrt":
+            _, plan = read_engine(self.export_path)  # type: ignore[arg-type]
+            return TensorRTBackend(plan, self.export_path, device=device, nms=nms)
         return OnnxRuntimeBackend(self.onnx_file(imgsz), threads=threads, nms=nms)
 
     def clear_cache(self) -> None:
@@ -162,8 +191,7 @@ class Detector:
     def predictor(self, backend: str = "auto", device: str = "cpu", threads: int | None = None,
                   **config: Any) -> Predictor:
         """A ``Predictor`` on the (cached) backend with this model's preprocessing and the given thresholds."""
-        config.setdefault("imgsz", self.meta.imgsz)
-        return Predictor.for_meta(self.backend(backend, config["imgsz"], device, threads), self.meta, **config)
+        return Predictor.for_meta(self.backend(backend, config.get("imgsz"), device, threads), self.meta, **config)
 
     # -- verbs ----------------------------------------------------------------------------
     def predict(
@@ -206,6 +234,50 @@ class Detector:
         files = resolve_source(source)
         return self.predictor(backend, device, threads, **config).stream(iter_frames(files))
 
+    def track(self, source: Any, *, tracker: str = "bytetrack", persist: bool = False, backend: str = "auto",
+              device: str = "cpu", threads: int | None = None, vid_stride: int = 1,
+              **config: Any) -> Iterator[Results | Frame] | list[Results]:
+        """Detect and track objects; every result's ``boxes.id`` holds one track id per box.
+
+        ``source``: a video, folder, glob, webcam index, stream URL (rtsp/rtmp/http...) or
+        ``.streams`` list (or an iterable of ``Frame``, such as ``inference.live.open_source(...)``),
+        streamed lazily (an iterator, as ``stream()``; unreadable files and lost streams come back
+        as ``Frame``); or one BGR array (or a list of them), tracked at once and returned as a
+        list, for calling frame by frame with ``persist=True``. ``vid_stride``: every n-th frame.
+
+        ``tracker``: ``"bytetrack"`` or ``"botsort"`` (with camera-motion compensation). Keyword
+        arguments are ``TrackerConfig`` fields (``track_high_thresh``, ``track_buffer``,
+        ``gmc_method``, ...) and ``PredictConfig`` fields (``conf`` defaults to the tracker's
+        ``track_low_thresh``, 0.1, since ByteTrack uses low-score boxes too). Each sequence (video,
+        stream, image folder) gets a fresh tracker, unless ``persist=True``: then the trackers are
+        kept on this detector and later calls continue their tracks (a change of tracker or
+        settings starts over).
+        """
+        from .inference.live import open_source
+        from .inference.tracking import TRACKERS, split_config, track_results
+
+        if tracker not in TRACKERS:
+            raise LeyoloError(f"unknown tracker {tracker!r}; choose from {', '.join(TRACKERS)}")
+        tracker_config, predict_config = split_config(config)
+        predict_config.setdefault("conf", tracker_config.track_low_thresh)
+        trackers: dict = {}
+        if persist:
+            key = (tracker, tracker_config)
+            kept = getattr(self, "_persistent_trackers", None)
+            if kept is None or kept[0] != key:
+                kept = self._persistent_trackers = (key, {})
+            trackers = kept[1]
+        predictor = self.predictor(backend, device, threads, **predict_config)
+        arrays = [source] if isinstance(source, np.ndarray) else source
+        if isinstance(arrays, (list, tuple)) and arrays and all(isinstance(a, np.ndarray) for a in arrays):
+            results = predictor.predict_arrays(list(arrays))
+            return [r for r in track_results(results, tracker, tracker_config, trackers) if isinstance(r, Results)]
+        if isinstance(source, (str, Path, int, list, tuple)):
+            frames = open_source(source, vid_stride=vid_stride)
+        else:  # already frames, e.g. ``leyolo.inference.live.open_source(...)``
+            frames = source
+        return track_results(predictor.stream(frames), tracker, tracker_config, trackers)
+
     def train(self, data: str | Path, **overrides: Any) -> dict[str, Any]:
         """Fine-tune this model on ``data`` (``TrainConfig`` fields as keywords); returns paths and metrics.
 
@@ -227,15 +299,16 @@ class Detector:
         """
         settings = val_settings(self.meta.kind, conf=conf, iou=iou, max_det=max_det,
                                 multi_label=False if single_label else None)
-        predictor = self.predictor(backend, device, threads, imgsz=imgsz or self.meta.imgsz, batch=batch,
-                                   augment=augment, tta_merge=tta_merge, **settings)
+        predictor = self.predictor(backend, device, threads, imgsz=imgsz, batch=batch, augment=augment,
+                                   tta_merge=tta_merge, **settings)
         return validate(predictor, data, split=split, json_path=json_path, verbose=verbose, progress=progress,
                         plots_dir=plots_dir)
 
     def export(self, path: str | Path | None = None, *, format: str | None = None, imgsz: int | None = None,
                dynamic: bool = True, half: bool = False, simplify: bool = False, nms: bool = False,
-               conf: float = 0.25, iou: float = 0.7, max_det: int = 300, multi_label: bool = False) -> Path:
-        """Write an export (``onnx``, ``torchscript`` or ``openvino``) atomically; returns its path.
+               conf: float = 0.25, iou: float = 0.7, max_det: int = 300, multi_label: bool = False,
+               int8: bool = False, data: str | Path | None = None) -> Path:
+        """Write an export (``onnx``, ``torchscript``, ``openvino``, ``ncnn``, ``engine``) atomically; returns its path.
 
         ``dynamic`` (the default) keeps batch, height and width symbolic, so each image is
         letterboxed to its own rectangle and the export's detections are torch's; ``dynamic=False``
@@ -247,11 +320,15 @@ class Detector:
         ``nms=True`` puts the postprocess in the graph (class-aware NMS, or top-k for set
         predictors; EfficientNMS-style outputs) with ``conf``/``iou``/``max_det``/``multi_label``
         baked in; see ``leyolo.deploy.base``. Default path: ``<arch>-<imgsz>.onnx`` /
-        ``.torchscript`` / ``_openvino_model/``.
+        ``.torchscript`` / ``_openvino_model/`` / ``_ncnn_model/`` / ``.engine``.
+
+        ``int8`` (``engine`` only) calibrates TensorRT INT8 on the train images of ``data`` (a
+        data.yaml); see ``leyolo.deploy.tensorrt``.
         """
         return export_model(self._require_model("export"), path, format, imgsz=imgsz or self.meta.imgsz,
                             dynamic=dynamic, half=half, simplify=simplify, nms=nms, conf=conf, iou=iou,
-                            max_det=max_det, multi_label=multi_label)
+                            max_det=max_det, multi_label=multi_label, int8=int8,
+                            data=str(data) if data is not None else None)
 
     def save(self, path: str | Path) -> Path:
         """Save in this library's format (safetensors + metadata), atomically."""
@@ -290,11 +367,16 @@ def load(source: str | Path, *, arch: str | None = None) -> Detector:
 
     Args:
         source: ``"leyolo-n"`` (untrained), a published ``.pt``, a ``.safetensors`` written by
-            this library, or an export (``.onnx``, ``.torchscript``, OpenVINO folder or ``.xml``).
+            this library, or an export (``.onnx``, ``.torchscript``, OpenVINO folder or ``.xml``, NCNN
+            ``*_ncnn_model/`` folder or its ``.param``, TensorRT ``.engine``).
         arch: force the architecture of a published ``.pt`` instead of detecting it.
     """
     path = Path(str(source))
     suffix = path.suffix.lower()
+    if path.exists() and is_ncnn_export(path):
+        return _exported(path, "ncnn", read_ncnn_metadata(path))
+    if path.exists() and suffix == ENGINE_SUFFIX:
+        return _exported(path, "engine", read_engine_metadata(path))
     if path.exists() and (path.is_dir() or suffix == ".xml"):
         if path.is_dir() and not any(path.glob("*.xml")):
             raise LeyoloError(f"{path}: is a directory, expected a model file or an OpenVINO export folder")
@@ -306,7 +388,7 @@ def load(source: str | Path, *, arch: str | None = None) -> Detector:
         return _exported(path, "torchscript", read_torchscript_metadata(path))
     if path.exists() and suffix not in (".pt", ".pth", ".safetensors"):
         raise LeyoloError(f"{path}: unknown model format {suffix!r} "
-                          "(expected .pt, .safetensors, .onnx, .torchscript or an OpenVINO folder)")
+                          "(expected .pt, .safetensors, .onnx, .torchscript, .engine, an OpenVINO or NCNN folder)")
     return Detector(load_model(source, arch=arch))
 
 

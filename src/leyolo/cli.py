@@ -46,8 +46,8 @@ def _unit_float(text: str) -> float:
     return value
 
 
-EXPORT_FORMATS = ["onnx", "torchscript", "openvino", "triton"]  # leyolo.deploy.base.FORMATS (kept here: no heavy import)
-BACKEND_CHOICES = ["auto", "torch", "onnxruntime", "torchscript", "openvino"]  # leyolo.inference.backends.CHOICES
+EXPORT_FORMATS = ["onnx", "torchscript", "openvino", "triton", "ncnn", "engine"]  # leyolo.deploy.base.FORMATS (kept here: no heavy import)
+BACKEND_CHOICES = ["auto", "torch", "onnxruntime", "torchscript", "openvino", "ncnn", "tensorrt"]  # leyolo.inference.backends.CHOICES
 
 
 class _DefaultsFormatter(argparse.HelpFormatter):
@@ -88,8 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="detect objects in images, folders, globs or videos")
     _add_model(p)
-    p.add_argument("--source", "-s", required=True, help="image, folder, glob ('imgs/*.jpg') or video file")
+    p.add_argument("--source", "-s", required=True,
+                   help="image, folder, glob ('imgs/*.jpg'), video file, webcam index (0), stream URL "
+                        "(rtsp/rtmp/http) or a .streams list of them")
     _add_inference_args(p, conf=0.25)
+    p.add_argument("--vid-stride", type=_positive_int, default=1, help="keep every n-th video/stream frame (default 1)")
     p.add_argument("--save-dir", type=Path, help="where outputs go (default: runs/predict, numbered if it exists)")
     p.add_argument("--no-save", action="store_true", help="do not write annotated images/videos")
     p.add_argument("--save-txt", action="store_true", help="write YOLO txt labels (class cx cy w h conf)")
@@ -123,7 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="fixed 1x3xSxS input (for runtimes that need it: images are padded to a square, "
                             "so detections differ slightly from torch's)")
     p.add_argument("--half", action="store_true",
-                   help="FP16 weights/compute, FP32 inputs and outputs (onnx, openvino); mainly for GPU runtimes")
+                   help="FP16 weights/compute, FP32 inputs and outputs (onnx, openvino, engine; ncnn: fp16 weights "
+                        "and storage); mainly for GPU runtimes and ARM CPUs")
+    p.add_argument("--int8", action="store_true",
+                   help="with --format engine: TensorRT INT8, entropy-calibrated on --data's train images "
+                        "(cache written beside the engine)")
+    p.add_argument("--data", type=Path, help="with --int8: the data.yaml whose train images calibrate INT8")
     p.add_argument("--simplify", action="store_true", help="simplify the graph with onnxslim (onnx, openvino)")
     p.add_argument("--nms", action="store_true",
                    help="NMS inside the graph; outputs num_dets, det_boxes, det_scores, det_classes (onnx, openvino)")
@@ -220,7 +228,8 @@ def _add_inference_args(p: argparse.ArgumentParser, conf: float | None) -> None:
     p.add_argument("--threads", type=_positive_int,
                    help="CPU threads for the runtime (default: the CPUs this process may use)")
     p.add_argument("--augment", action="store_true",
-                   help="test-time augmentation: 3 scales (1, 0.83 mirrored, 0.67) merged; ~2x the time")
+                   help="test-time augmentation: 3 views (1, 0.83 mirrored, 0.67) merged, on a 1.3x larger input "
+                        "unless --imgsz is given; ~3-4x the time")
     p.add_argument("--tta-merge", default="nms", choices=["nms", "wbf"],
                    help="how --augment merges its passes: one NMS over all candidates, or weighted box fusion")
 
@@ -262,17 +271,19 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from .api import load
+    from .inference.live import open_source
     from .inference.writers import PredictionWriter
 
     detector = load(args.model)
-    stream = detector.stream(
-        args.source, backend=args.backend, device=args.device, threads=args.threads,
+    frames = open_source(args.source, vid_stride=args.vid_stride)  # files, videos, webcams, streams
+    stream = detector.predictor(
+        args.backend, args.device, args.threads,
         imgsz=args.imgsz or detector.meta.imgsz, conf=args.conf, iou=args.iou, max_det=args.max_det, batch=args.batch,
         augment=args.augment, tta_merge=args.tta_merge,
-    )
+    ).stream(frames)
     writer = PredictionWriter(
         args.save_dir, args.source, save_images=not args.no_save, save_txt=args.save_txt, save_json=args.save_json,
-        quiet=args.quiet,
+        quiet=args.quiet, vid_stride=args.vid_stride, fps=getattr(frames, "fps", None),
     )
     summary = writer.consume(stream)
     for line in summary.report():
@@ -322,7 +333,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     detector = load(args.model)
     path = detector.export(args.out, format=args.format, imgsz=args.imgsz, dynamic=args.dynamic, half=args.half,
                            simplify=args.simplify, nms=args.nms, conf=args.conf, iou=args.iou, max_det=args.max_det,
-                           multi_label=args.multi_label)
+                           multi_label=args.multi_label, int8=args.int8, data=args.data)
     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
     print(f"exported {path} ({size / 1e6:.2f} MB)")
     return 0
@@ -416,7 +427,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # Modules exposing ``add_cli(subparsers)``, which adds a parser with ``set_defaults(handler=fn)``
 # where ``fn(args) -> int``. Keep their imports light: heavy dependencies load inside ``fn``.
 PLUGIN_MODULES: tuple[str, ...] = ("leyolo.tools.bench", "leyolo.tools.ablate", "leyolo.tools.quantize",
-                                  "leyolo.tools.prune", "leyolo.tools.serve")
+                                  "leyolo.tools.prune", "leyolo.tools.serve", "leyolo.tools.track")
 
 COMMANDS = {"train": cmd_train, "synth": cmd_synth, "demo": cmd_demo, "info": cmd_info, "predict": cmd_predict,
             "val": cmd_val, "export": cmd_export, "convert": cmd_convert}

@@ -16,6 +16,16 @@ PACKAGES: dict[str, tuple[str, str]] = {
     "openvino": ("openvino", "export"),
     "onnxslim": ("onnxslim", "export"),
     "torch_pruning": ("torch-pruning", "prune"),
+    "pnnx": ("pnnx", "ncnn"),
+    "ncnn": ("ncnn", "ncnn"),
+    "tensorrt": ("tensorrt", "tensorrt"),
+    "fastapi": ("fastapi", "serve"),
+    "starlette": ("fastapi", "serve"),
+    "anyio": ("fastapi", "serve"),
+    "uvicorn": ("uvicorn", "serve"),
+    "prometheus_client": ("prometheus-client", "serve"),
+    "python_multipart": ("python-multipart", "serve"),
+    "httpx": ("httpx", "serve"),
 }
 
 

@@ -33,7 +33,7 @@ from ..models.base import DecodedModel, DetectionModel
 from ..ops import check_imgsz
 
 METADATA_KEY = "leyolo"
-FORMATS = ("onnx", "torchscript", "openvino", "triton")
+FORMATS = ("onnx", "torchscript", "openvino", "triton", "ncnn", "engine")
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,9 @@ class ExportOptions:
     iou: float = 0.7
     max_det: int = 300
     multi_label: bool = False
-    batch: int = 1
+    batch: int = 1  # engine: the largest batch of the optimisation profile
+    int8: bool = False  # engine only: INT8 with entropy calibration on ``data``'s train images
+    data: str | None = None  # engine --int8: the data.yaml to calibrate on
 
     def validate(self, fmt: str) -> "ExportOptions":
         if fmt not in FORMATS:
@@ -68,6 +70,21 @@ class ExportOptions:
             for flag in ("half", "simplify", "nms"):
                 if getattr(self, flag):
                     raise LeyoloError(f"--{flag} is not available for torchscript (use --format onnx or openvino)")
+        if fmt == "ncnn":  # pnnx converts the torch graph itself: no ONNX passes, no in-graph NMS, batch 1
+            for flag in ("simplify", "nms"):
+                if getattr(self, flag):
+                    raise LeyoloError(f"--{flag} is not available for ncnn (use --format onnx or openvino)")
+            if self.batch != 1:
+                raise LeyoloError(f"ncnn runs one image at a time (batch 1), got batch {self.batch}")
+        if self.int8 and fmt != "engine":
+            raise LeyoloError("--int8 is for --format engine (for ONNX Runtime INT8 use leyolo quantize)")
+        if self.data is not None and not self.int8:
+            raise LeyoloError("--data is only used by --format engine --int8 (the calibration images)")
+        if self.int8 and not self.data:
+            raise LeyoloError("--int8 needs --data data.yaml: the engine is calibrated on its train images")
+        if fmt == "engine" and self.nms:
+            raise LeyoloError("--nms is not available for engine yet (export --format onnx --nms for TensorRT's "
+                              "ONNX parser, or use the default decoded output)")
         return self
 
     def nms_info(self, kind: str = "dense") -> dict[str, Any] | None:

@@ -95,7 +95,7 @@ def append_nms(proto: Any, nc: int, conf: float, iou: float, max_det: int, multi
     batch; a ``[B, rows]`` score matrix (-1 where the row belongs to another image) goes through
     TopK(max_det). ``max_det`` padding rows with score -1 keep TopK valid when fewer survive.
     """
-    from onnx import TensorProto, helper
+    from onnx import TensorProto
 
     graph = proto.graph
     if len(graph.output) != 1:

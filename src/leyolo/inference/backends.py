@@ -27,7 +27,7 @@ from ..ops import Detections
 from ..optional import require
 from .cpus import usable_cpus
 
-BACKENDS = ("torch", "onnxruntime", "torchscript", "openvino")
+BACKENDS = ("torch", "onnxruntime", "torchscript", "openvino", "ncnn", "tensorrt")
 CHOICES = ("auto", *BACKENDS)
 NMS_OUTPUTS = ("num_dets", "det_boxes", "det_scores", "det_classes")  # the layout deploy.onnx_graph writes
 # CPU runtimes, fastest first on this project's machine (BENCHMARKS.md, "Backends"); auto takes
@@ -81,7 +81,7 @@ def _one_by_one(run: Callable[[np.ndarray], Output], batch: np.ndarray) -> Outpu
 
 def runtime_installed(name: str) -> bool:
     """Whether a backend's runtime can be imported here (torch and torchscript always can)."""
-    module = {"onnxruntime": "onnxruntime", "openvino": "openvino"}.get(name)
+    module = {"onnxruntime": "onnxruntime", "openvino": "openvino", "ncnn": "ncnn", "tensorrt": "tensorrt"}.get(name)
     return module is None or importlib.util.find_spec(module) is not None
 
 
@@ -296,3 +296,183 @@ class OpenVinoBackend:
         if self.end_to_end:
             return NmsBatch.from_outputs(dict(zip(self.output_names, outputs)))
         return outputs[0]
+
+
+def dfl_anchors(h: int, w: int, strides: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Anchor points ``[2, A]`` (cell centres, grid units) and strides ``[1, A]`` of a dense head at input ``h x w``.
+
+    The grid of ``leyolo.models.heads.make_anchors``: levels in stride order, rows then columns;
+    a level's map is ``ceil(side / stride)`` (stride-2 convolutions with padding 1).
+    """
+    points, scales = [], []
+    for s in strides:
+        gh, gw = -(-h // s), -(-w // s)
+        yy, xx = np.meshgrid(np.arange(gh, dtype=np.float32) + 0.5, np.arange(gw, dtype=np.float32) + 0.5,
+                             indexing="ij")
+        points.append(np.stack((xx.reshape(-1), yy.reshape(-1))))
+        scales.append(np.full((1, gh * gw), float(s), dtype=np.float32))
+    return np.concatenate(points, 1), np.concatenate(scales, 1)
+
+
+class NcnnBackend:
+    """NCNN on CPU for an exported ``.param``/``.bin`` (``leyolo.deploy.ncnn``), one image per extractor.
+
+    ``output`` is the export's layout: ``xyxy+scores`` (the whole decode in the graph) or
+    ``ltrb+scores`` (side distances in stride units: the anchor grid of ``strides`` is added here,
+    cached per input shape, since NCNN cannot build it for dynamic shapes). ``fp16`` turns on
+    ncnn's fp16 storage (with fp16 weights: ``--half`` exports); otherwise everything is fp32,
+    which ncnn would not do by default on CPUs with fp16 support. ``fixed_hw``: a ``--static``
+    export's input size (others are refused with that size).
+    """
+
+    name = "ncnn"
+    end_to_end = False
+    nms = None
+
+    def __init__(self, param: str | Path, weights: str | Path, *, threads: int | None = None, fp16: bool = False,
+                 output: str = "xyxy+scores", strides: Sequence[int] | None = None,
+                 fixed_hw: tuple[int, int] | None = None) -> None:
+        ncnn = require("ncnn", "the ncnn backend")
+        if output not in ("xyxy+scores", "ltrb+scores"):
+            raise LeyoloError(f"{param}: unknown NCNN output layout {output!r}")
+        if output == "ltrb+scores" and not strides:
+            raise LeyoloError(f"{param}: the export's metadata has no strides to build anchors from")
+        self.path = Path(param).parent
+        self.output, self.strides, self.fixed_hw = output, tuple(strides or ()), fixed_hw
+        self.fixed_batch = None
+        self._mat = ncnn.Mat
+        net = ncnn.Net()
+        net.opt.num_threads = int(threads or usable_cpus())
+        net.opt.use_vulkan_compute = False
+        net.opt.use_fp16_storage = net.opt.use_fp16_packed = bool(fp16)
+        net.opt.use_fp16_arithmetic = False  # fp16 sums move boxes; storage alone keeps the bandwidth saving
+        net.opt.use_bf16_storage = False
+        if net.load_param(str(param)) != 0:
+            raise LeyoloError(f"{param}: ncnn cannot read this .param (wrong file, or layers this ncnn lacks)")
+        if net.load_model(str(weights)) != 0:
+            raise LeyoloError(f"{weights}: ncnn cannot read these weights (truncated or not this .param's)")
+        self.net = net
+        inputs = list(net.input_names())
+        if len(inputs) != 1:
+            raise LeyoloError(f"{param}: expected one input, found {len(inputs)}")
+        self.input_name = inputs[0]
+        self.output_names = sorted(net.output_names())  # ncnn lists outputs unordered; pnnx names them out0, out1..
+        self._anchors: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+
+    def _run(self, image: np.ndarray) -> np.ndarray:
+        blob = np.ascontiguousarray(image, dtype=np.float32)  # the Mat borrows this memory: keep it referenced
+        with self.net.create_extractor() as ex:
+            ex.input(self.input_name, self._mat(blob))
+            ret, out = ex.extract(self.output_names[0])
+            if ret != 0:
+                raise LeyoloError(f"{self.path}: ncnn failed on a {blob.shape[1]}x{blob.shape[2]} input (code {ret})")
+            return np.array(out, dtype=np.float32, copy=True)
+
+    def _decode(self, raw: np.ndarray, h: int, w: int) -> np.ndarray:
+        """``[B, 4 + nc, A]`` distances + scores -> xyxy input pixels + scores (``DenseHead.decode``'s arithmetic)."""
+        anchors = self._anchors.get((h, w))
+        if anchors is None:
+            anchors = self._anchors[h, w] = dfl_anchors(h, w, self.strides)
+        points, scale = anchors
+        if raw.shape[-1] != points.shape[1]:
+            raise LeyoloError(f"{self.path}: {raw.shape[-1]} outputs at {h}x{w}, expected {points.shape[1]} anchors "
+                              f"for strides {list(self.strides)}")
+        boxes = np.concatenate((points - raw[:, 0:2], points + raw[:, 2:4]), 1) * scale
+        return np.concatenate((boxes, raw[:, 4:]), 1)
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        h, w = batch.shape[2:]
+        if self.fixed_hw is not None and (h, w) != tuple(self.fixed_hw):
+            raise LeyoloError(f"{self.path} was exported for {self.fixed_hw[0]}x{self.fixed_hw[1]} inputs (--static), "
+                              f"got {h}x{w}; export without --static for other sizes")
+        raw = np.stack([self._run(image) for image in batch])
+        return self._decode(raw, h, w) if self.output == "ltrb+scores" else raw
+
+
+def cuda_device(device: str) -> torch.device:
+    """The CUDA device a TensorRT engine runs on (``cpu``, the default of every command, means ``cuda:0``)."""
+    dev = torch.device(device) if device not in ("", "cpu") else torch.device("cuda", 0)
+    if dev.type != "cuda":
+        raise LeyoloError(f"the tensorrt backend runs on CUDA devices, not {device!r}")
+    if not torch.cuda.is_available():
+        build = "this torch is a CPU build" if torch.version.cuda is None else "no CUDA device is visible"
+        raise LeyoloError(f"the tensorrt backend needs an NVIDIA GPU with CUDA, and {build} "
+                          "(run the ONNX, OpenVINO or NCNN export on CPUs)")
+    return torch.device("cuda", dev.index if dev.index is not None else 0)
+
+
+class TensorRTBackend:
+    """A TensorRT plan (``leyolo.deploy.tensorrt``) on a CUDA device, through torch's CUDA memory and stream.
+
+    TensorRT 10's name-based API: the input shape is set per call (``set_input_shape``), outputs
+    are allocated at the shapes the context then reports, ``execute_async_v3`` runs on torch's
+    current stream. Shapes outside the engine's optimisation profile are refused with its range;
+    batches larger than the profile's run in chunks.
+    """
+
+    name = "tensorrt"
+
+    def __init__(self, plan: bytes, path: str | Path | None = None, device: str = "cuda",
+                 nms: dict | None = None) -> None:
+        self.device = cuda_device(device)
+        trt = require("tensorrt", "the tensorrt backend")
+        self.path = Path(path) if path is not None else Path("engine")
+        self.logger = trt.Logger(trt.Logger.WARNING)
+        self.runtime = trt.Runtime(self.logger)
+        with torch.cuda.device(self.device):
+            self.engine = self.runtime.deserialize_cuda_engine(plan)
+            if self.engine is None:
+                raise LeyoloError(f"{self.path}: TensorRT cannot load this engine (built by another TensorRT "
+                                  f"version or for another GPU: rebuild it here with leyolo export --format engine)")
+            self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        if len(inputs) != 1:
+            raise LeyoloError(f"{self.path}: expected one input tensor, found {len(inputs)}")
+        self.input_name = inputs[0]
+        self.output_names = [n for n in names if n not in inputs]
+        self.dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
+        shape = tuple(self.engine.get_tensor_shape(self.input_name))
+        if any(d < 0 for d in shape):
+            low, _, high = (tuple(s) for s in self.engine.get_tensor_profile_shape(self.input_name, 0))
+        else:
+            low = high = shape
+        self.min_shape, self.max_shape = low, high
+        self.fixed_hw = tuple(high[2:]) if low[2:] == high[2:] else None
+        self.fixed_batch = None  # larger batches run in chunks of max_shape[0]
+        self.end_to_end = tuple(self.output_names) == NMS_OUTPUTS
+        self.nms = nms if self.end_to_end else None
+
+    def _check(self, shape: tuple[int, ...]) -> None:
+        low, high = self.min_shape, self.max_shape
+        if any(s < lo or s > hi for s, lo, hi in zip(shape[1:], low[1:], high[1:])):
+            raise LeyoloError(f"{self.path}: input {shape[2]}x{shape[3]} is outside the engine's optimisation profile "
+                              f"({low[2]}x{low[3]} to {high[2]}x{high[3]}); re-export with a larger --imgsz "
+                              "(or without --augment)")
+
+    def __call__(self, batch: np.ndarray) -> Output:
+        self._check(batch.shape)
+        top = self.max_shape[0]
+        if batch.shape[0] > top:
+            parts = [self(batch[i : i + top]) for i in range(0, batch.shape[0], top)]
+            return np.concatenate(parts) if isinstance(parts[0], np.ndarray) else NmsBatch.concat(parts)
+        if batch.shape[0] < self.min_shape[0]:
+            raise LeyoloError(f"{self.path}: the engine needs batches of at least {self.min_shape[0]}")
+        with torch.cuda.device(self.device):
+            x = torch.from_numpy(np.ascontiguousarray(batch, dtype=self.dtypes[self.input_name])).to(self.device)
+            self.context.set_input_shape(self.input_name, tuple(x.shape))
+            self.context.set_tensor_address(self.input_name, int(x.data_ptr()))
+            outputs = {}
+            for name in self.output_names:
+                dtype = torch.from_numpy(np.empty(0, dtype=self.dtypes[name])).dtype
+                outputs[name] = torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=dtype,
+                                            device=self.device)
+                self.context.set_tensor_address(name, int(outputs[name].data_ptr()))
+            stream = torch.cuda.current_stream(self.device)
+            if not self.context.execute_async_v3(stream.cuda_stream):
+                raise LeyoloError(f"{self.path}: TensorRT failed to run the engine")
+            stream.synchronize()
+            arrays = {n: t.cpu().numpy() for n, t in outputs.items()}
+        if self.end_to_end:
+            return NmsBatch.from_outputs(arrays)
+        return arrays[self.output_names[0]].astype(np.float32, copy=False)

@@ -35,7 +35,7 @@ from ..ops import (
 from ..structures import Results
 from .backends import Backend, Output
 from .sources import Frame
-from .tta import MERGES, Pass, augmented_passes, to_original, weighted_box_fusion
+from .tta import MERGES, Pass, augment_imgsz, augmented_passes, to_original, weighted_box_fusion
 
 log = logging.getLogger("leyolo")
 
@@ -114,9 +114,11 @@ class Predictor:
     def for_meta(cls, backend: Backend, meta: ModelMeta, **config: Any) -> "Predictor":
         """A predictor with the preprocessing and output kind of ``meta`` (config: ``PredictConfig`` fields).
 
-        A backend with a fixed input shape (a static export) gets square padding at its size.
+        A backend with a fixed input shape (a static export) gets square padding at its size. With
+        ``augment`` and no ``imgsz``, the input is the recipe's: 1.3x the model's size (``tta.AUGMENT_SIZE``).
         """
-        config.setdefault("imgsz", meta.imgsz)
+        if config.get("imgsz") is None:
+            config["imgsz"] = augment_imgsz(meta.imgsz, meta.stride) if config.get("augment") else meta.imgsz
         fixed = getattr(backend, "fixed_hw", None)
         square = bool(config.pop("square", False))
         if fixed is not None:
@@ -150,8 +152,8 @@ class Predictor:
         if ignored:
             log.warning("the model has NMS in its graph; re-export with --nms to change: %s", ", ".join(ignored))
 
-    def _detections(self, raw: Output, i: int) -> Detections:
-        """Detections of image ``i`` of a backend output, in letterboxed pixels."""
+    def detections(self, raw: Output, i: int) -> Detections:
+        """Detections of image ``i`` of a backend output, in letterboxed pixels (this predictor's postprocess)."""
         cfg = self.config
         if not self.end_to_end:
             if cfg.kind == "set":
@@ -194,7 +196,7 @@ class Predictor:
         out = []
         for i, p in enumerate(group):
             t0 = time.perf_counter()
-            det = self._detections(raw, i)
+            det = self.detections(raw, i)
             boxes = unletterbox_boxes(det.boxes, p.info)
             speed = {"preprocess": p.seconds, "inference": infer / len(group), "postprocess": time.perf_counter() - t0}
             out.append(
@@ -231,7 +233,7 @@ class Predictor:
         """One augmented view's detections, in original-image pixels."""
         cfg = self.config
         if self.end_to_end:
-            det = self._detections(raw, 0)
+            det = self.detections(raw, 0)
             boxes = to_original(det.boxes.T, view, None)[:4].T  # only the box rows: mapped and unmirrored
             return Detections(np.ascontiguousarray(boxes), det.scores, det.classes)
         decoded = to_original(raw[0], view, None)

@@ -1,4 +1,7 @@
-"""Turn a ``--source`` (image, folder, glob, video) into a stream of frames or per-file errors."""
+"""Turn a ``--source`` (image, folder, glob, video) into a stream of frames or per-file errors.
+
+Webcams, network streams and ``.streams`` lists are in ``live.py`` (``open_source`` takes any source).
+"""
 
 from __future__ import annotations
 
@@ -46,30 +49,45 @@ def resolve_source(source: str | Path) -> list[Path]:
     raise LeyoloError(f"{path}: no such file or folder")
 
 
-def iter_video(path: Path) -> Iterator[Frame]:
+def iter_video(path: Path, vid_stride: int = 1) -> Iterator[Frame]:
+    """Every ``vid_stride``-th frame of a video file (skipped frames are grabbed, not decoded).
+
+    ``Frame.frame`` is the index in the file (0, stride, 2 * stride, ...).
+    """
     capture = cv2.VideoCapture(str(path))
     if not capture.isOpened():
         yield Frame(str(path), None, error=f"{path}: cannot open video")
         return
-    index = 0
+    index = read = 0
     try:
         while True:
+            if index % vid_stride:
+                if not capture.grab():
+                    break
+                index += 1
+                continue
             ok, image = capture.read()
             if not ok:
                 break
             yield Frame(str(path), image, frame=index)
             index += 1
+            read += 1
     finally:
         capture.release()
-    if index == 0:
+    if read == 0:
         yield Frame(str(path), None, error=f"{path}: video has no readable frames")
 
 
-def iter_frames(files: list[Path]) -> Iterator[Frame]:
-    """Decode files one by one; unreadable images become error frames, never exceptions."""
+def iter_frames(files: list[Path], vid_stride: int = 1) -> Iterator[Frame]:
+    """Decode files one by one; unreadable images become error frames, never exceptions.
+
+    ``vid_stride``: keep every n-th frame of videos (images are all kept).
+    """
+    if vid_stride < 1:
+        raise LeyoloError(f"--vid-stride must be at least 1, got {vid_stride}")
     for path in files:
         if path.suffix.lower() in VIDEO_SUFFIXES:
-            yield from iter_video(path)
+            yield from iter_video(path, vid_stride)
             continue
         try:
             yield Frame(str(path), read_image(path))

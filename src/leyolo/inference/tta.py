@@ -25,6 +25,15 @@ from ..ops import Detections, LetterboxInfo, box_iou, letterbox, unletterbox_box
 SCALES = (1.0, 0.83, 0.67)
 FLIPS = (False, True, False)
 MERGES = ("nms", "wbf")
+# The recipe runs on a ~30% larger input than the model's, so that its smallest view is near the
+# size the model was trained at; at the model's own size the downscaled views only lose small
+# objects (published nano on coco-mini: 0.4166 with TTA at 640 vs 0.4266 without; 0.4327 at 832).
+AUGMENT_SIZE = 1.3
+
+
+def augment_imgsz(imgsz: int, stride: int) -> int:
+    """The default input size of an augmented run: ``AUGMENT_SIZE`` x ``imgsz``, a stride multiple."""
+    return max(stride, int(round(imgsz * AUGMENT_SIZE / stride)) * stride)
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,10 @@
 """Where ``leyolo predict`` puts its outputs: annotated images/videos, YOLO txt, COCO json.
 
+Videos are written so that they play (``VideoSink``): H.264 in ``.mp4`` through an ``ffmpeg``
+binary when one is on the PATH (``LEYOLO_FFMPEG`` names another, or ``0`` to not use it), else
+Motion-JPEG in ``.avi`` with OpenCV (pip builds of OpenCV cannot encode H.264, and the ``mp4v``
+they can write does not play in browsers). Nothing is installed at run time.
+
 The COCO json holds COCO category ids (``leyolo.coco.category_ids``: COCO's own for COCO's 80
 classes, else class index + 1), the same ids ``leyolo val --json`` writes, and a
 ``file_name`` per record; image ids are numeric file stems where there are some.
@@ -8,11 +13,15 @@ classes, else class index + 1), the same ids ``leyolo val --json`` writes, and a
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import cv2
 import numpy as np
@@ -34,6 +43,115 @@ def next_free_dir(base: Path) -> Path:
     return candidate
 
 
+FFMPEG_ENV = "LEYOLO_FFMPEG"
+
+
+def ffmpeg_binary() -> str | None:
+    """The ffmpeg to encode H.264 with: ``$LEYOLO_FFMPEG`` (``0``/``none``: none), else ``ffmpeg`` on the PATH."""
+    chosen = os.environ.get(FFMPEG_ENV)
+    if chosen is not None:
+        if chosen.strip().lower() in ("", "0", "no", "none", "off", "false"):
+            return None
+        return shutil.which(chosen)
+    return shutil.which("ffmpeg")
+
+
+class VideoSink:
+    """An annotated video being written: ``<stem>.mp4`` (H.264, ffmpeg) or ``<stem>.avi`` (MJPG, OpenCV).
+
+    Frames go to a hidden partial file renamed into place by ``close()``, so a video that is
+    there is complete. Frames of another size than the first (a stream that reconnected at
+    another resolution) are resized to it; an odd width or height gets one black column or row
+    (H.264's yuv420p and OpenCV's MJPG both need even sides; OpenCV would crop instead).
+    ``frames`` counts what was written.
+    """
+
+    def __init__(self, stem: Path, fps: float, size: tuple[int, int], ffmpeg: str | None | bool = True) -> None:
+        self.fps = float(fps) if fps and fps > 0 else 30.0
+        self.size = (int(size[0]), int(size[1]))  # width, height
+        binary = ffmpeg_binary() if ffmpeg is True else (ffmpeg or None)
+        self.path = stem.with_name(stem.name + (".mp4" if binary else ".avi"))
+        self._partial = self.path.with_name(f".{self.path.stem}.partial{self.path.suffix}")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.frames = 0
+        self._proc: subprocess.Popen | None = None
+        self._writer: cv2.VideoWriter | None = None
+        self._stderr = None
+        w, h = self.size
+        w, h = w + w % 2, h + h % 2
+        if binary:
+            self._stderr = tempfile.TemporaryFile()
+            cmd = [binary, "-hide_banner", "-loglevel", "error", "-y", "-f", "rawvideo", "-pix_fmt", "bgr24",
+                   "-s", f"{w}x{h}", "-r", f"{self.fps:g}", "-i", "-", "-an",
+                   "-c:v", "libx264", "-preset", "veryfast", "-crf", "23", "-pix_fmt", "yuv420p",
+                   "-movflags", "+faststart", "-f", "mp4", str(self._partial)]
+            self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._stderr)
+        else:
+            self._writer = cv2.VideoWriter(str(self._partial), cv2.VideoWriter_fourcc(*"MJPG"), self.fps, (w, h))
+            if not self._writer.isOpened():
+                raise LeyoloError(f"cannot write video {self.path}")
+
+    def _ffmpeg_error(self) -> str:
+        if self._stderr is None:
+            return ""
+        self._stderr.seek(0)
+        text = self._stderr.read().decode(errors="replace").strip()
+        return text.splitlines()[-1] if text else "ffmpeg exited"
+
+    def write(self, frame: np.ndarray) -> None:
+        if (frame.shape[1], frame.shape[0]) != self.size:
+            frame = cv2.resize(frame, self.size, interpolation=cv2.INTER_AREA)
+        if self.size[0] % 2 or self.size[1] % 2:
+            frame = cv2.copyMakeBorder(frame, 0, self.size[1] % 2, 0, self.size[0] % 2, cv2.BORDER_CONSTANT)
+        if self._proc is not None:
+            try:
+                self._proc.stdin.write(np.ascontiguousarray(frame, dtype=np.uint8).tobytes())  # type: ignore
+            except (BrokenPipeError, OSError):
+                self._proc.wait()
+                raise LeyoloError(f"ffmpeg failed writing {self.path}: {self._ffmpeg_error()}") from None
+        else:
+            self._writer.write(frame)  # type: ignore[union-attr]
+        self.frames += 1
+
+    def close(self) -> Path | None:
+        """Finish the file and move it into place; returns its path (``None`` if no frame was written)."""
+        if self._proc is not None:
+            proc, self._proc = self._proc, None
+            try:
+                proc.stdin.close()  # type: ignore[union-attr]
+            except OSError:
+                pass
+            code = proc.wait()
+            if code != 0:
+                self._partial.unlink(missing_ok=True)
+                raise LeyoloError(f"ffmpeg failed writing {self.path}: {self._ffmpeg_error()}")
+        elif self._writer is not None:
+            self._writer.release()
+            self._writer = None
+        else:
+            return self.path if self.path.exists() else None
+        if self._stderr is not None:
+            self._stderr.close()
+            self._stderr = None
+        if self.frames == 0:
+            self._partial.unlink(missing_ok=True)
+            return None
+        os.replace(self._partial, self.path)
+        return self.path
+
+
+def video_fps(path: str | Path, default: float = 30.0) -> float:
+    """The frame rate a video file declares; ``default`` for anything else (streams are never opened here)."""
+    if not Path(path).is_file():
+        return default
+    capture = cv2.VideoCapture(str(path))
+    try:
+        fps = capture.get(cv2.CAP_PROP_FPS)
+    finally:
+        capture.release()
+    return fps if fps and 0 < fps < 1000 else default
+
+
 @dataclass
 class PredictSummary:
     images: int = 0
@@ -41,6 +159,7 @@ class PredictSummary:
     failed: list[str] = field(default_factory=list)
     save_dir: Path | None = None
     seconds: float = 0.0
+    videos: list[Path] = field(default_factory=list)  # annotated videos written
 
     def report(self) -> list[str]:
         lines = [f"{len(self.failed)} unreadable file(s) skipped (listed above)"] if self.failed else []
@@ -55,16 +174,23 @@ class PredictionWriter:
     """Consumes a prediction stream and writes what was asked, atomically, file by file."""
 
     def __init__(self, save_dir: Path | None, source: str, *, save_images: bool = True, save_txt: bool = False,
-                 save_json: bool = False, quiet: bool = False) -> None:
+                 save_json: bool = False, quiet: bool = False, vid_stride: int = 1,
+                 fps: Callable[[str], float | None] | None = None) -> None:
         self.source = source
+        self.vid_stride = max(int(vid_stride), 1)
+        self.fps = fps  # frame rate of a source that is not a file (a live stream), by its path
         self.save_images, self.save_txt, self.save_json, self.quiet = save_images, save_txt, save_json, quiet
         wants_output = save_images or save_txt or save_json
         self.save_dir = (save_dir if save_dir is not None else next_free_dir(Path("runs/predict"))) if wants_output else None
-        self._videos: dict[str, cv2.VideoWriter] = {}
+        self._videos: dict[str, VideoSink] = {}
         self._json: list[dict] = []
         self._image_ids: dict[str, int] = {}
 
     def _total(self) -> int:
+        from .live import is_live
+
+        if is_live(self.source):
+            return 0  # streams have no end to count to
         try:
             files = resolve_source(self.source)
         except LeyoloError:
@@ -96,7 +222,9 @@ class PredictionWriter:
         finally:
             bar.close()
             for writer in self._videos.values():
-                writer.release()
+                written = writer.close()
+                if written is not None:
+                    summary.videos.append(written)
         summary.seconds = time.perf_counter() - start
         if self.save_json and self.save_dir is not None:
             data = json.dumps(self._json).encode()
@@ -112,7 +240,7 @@ class PredictionWriter:
             return
         path = Path(result.path or "image.jpg")
         if self.save_images and result.image is not None:
-            canvas = result.draw()
+            canvas = self.canvas(result)
             if result.frame is not None:
                 self._video_writer(path, canvas).write(canvas)
             else:
@@ -135,16 +263,15 @@ class PredictionWriter:
                 record["file_name"] = path.name if result.frame is None else key
                 self._json.append(record)
 
-    def _video_writer(self, path: Path, frame: np.ndarray) -> cv2.VideoWriter:
+    def canvas(self, result: Results) -> np.ndarray:
+        """The annotated image written for ``result`` (subclasses draw more)."""
+        return result.draw()
+
+    def _video_writer(self, path: Path, frame: np.ndarray) -> VideoSink:
         key = str(path)
         if key not in self._videos:
-            capture = cv2.VideoCapture(key)
-            fps = capture.get(cv2.CAP_PROP_FPS) or 30.0
-            capture.release()
+            fps = (self.fps(key) if self.fps is not None else None) or video_fps(path)
             self.save_dir.mkdir(parents=True, exist_ok=True)
-            out = self.save_dir / f"{path.stem}.mp4"
-            writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), fps, (frame.shape[1], frame.shape[0]))
-            if not writer.isOpened():
-                raise LeyoloError(f"cannot write video {out}")
-            self._videos[key] = writer
+            self._videos[key] = VideoSink(self.save_dir / path.stem, fps / self.vid_stride,
+                                          (frame.shape[1], frame.shape[0]))
         return self._videos[key]

@@ -37,7 +37,8 @@ from ..ops import check_imgsz
 from .measure import latency_stats, random_batch, time_calls
 from .tables import markdown_table, write_table
 
-ENGINES = {"torch": "torch", "onnxruntime": "onnxruntime", "onnxruntime-int8": "onnxruntime"}  # name -> runtime
+ENGINES = {"torch": "torch", "onnxruntime": "onnxruntime", "onnxruntime-int8": "onnxruntime",
+           "ncnn": "ncnn"}  # name -> runtime
 BACKEND_NAMES = tuple(ENGINES)
 MODEL_SUFFIXES = (".pt", ".pth", ".safetensors", ".onnx")
 COLUMNS = ("model", "backend", "imgsz", "batch", "params", "gflops", "file_mb", "latency_ms", "p95_ms", "p99_ms",
@@ -80,11 +81,17 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     from ..api import load
     from ..inference.backends import OnnxRuntimeBackend
 
+    if spec["backend"] == "ncnn":
+        import ncnn  # noqa: F401  (its library is not the model's cost either)
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))
     base = _reset_peak()
-    engine = (load(spec["path"]).backend("torch") if spec["backend"] == "torch"
-              else OnnxRuntimeBackend(spec["path"], spec.get("threads")))
+    if spec["backend"] == "torch":
+        engine = load(spec["path"]).backend("torch")
+    elif spec["backend"] == "ncnn":
+        engine = load(spec["path"]).backend("ncnn", threads=spec.get("threads"))
+    else:
+        engine = OnnxRuntimeBackend(spec["path"], spec.get("threads"))
     images = random_batch(spec["imgsz"], spec["batch"])
     times = time_calls(engine, images, int(spec["runs"]), int(spec["warmup"]))
     peak = _rss_mb("VmHWM") if base is not None else None
@@ -115,9 +122,11 @@ class _Model:
 
     def detector_for(self, backend: str, imgsz: int) -> Any:
         """The detector that runs ``backend`` on the benchmarked artefact (for val and predict)."""
-        from ..api import Detector
+        from ..api import Detector, load
 
         path = self.artefacts[backend, imgsz]
+        if backend == "ncnn":
+            return load(path)
         return self.detector if backend == "torch" else Detector(onnx_path=path, meta=self.detector.meta)
 
 
@@ -164,6 +173,14 @@ def _prepare_model(spec: str, label: str, backends: Sequence[str], sizes: Sequen
     if "onnxruntime" in backends:
         onnx = detector.onnx_path or export_onnx(torch_model, workdir / f"{stem}.onnx", max(sizes), dynamic=True)
         model.artefacts.update({("onnxruntime", s): onnx for s in sizes})
+    if "ncnn" in backends and torch_model is None:
+        model.notes.update({("ncnn", s): "unavailable: NCNN is converted from PyTorch weights" for s in sizes})
+    elif "ncnn" in backends:
+        try:  # one dynamic-shape conversion serves every size, like the ONNX file
+            folder = detector.export(workdir / f"{stem}_ncnn_model", format="ncnn", imgsz=max(sizes))
+            model.artefacts.update({("ncnn", s): folder for s in sizes})
+        except LeyoloError as exc:  # e.g. the ncnn extra is not installed
+            model.notes.update({("ncnn", s): f"unavailable: {exc}" for s in sizes})
     for s in sizes if "onnxruntime-int8" in backends else ():
         try:
             n = min(len(split_images(data_spec, "train")), 200) if data_spec is not None else 0
@@ -247,7 +264,7 @@ def run_benchmark(models: Sequence[str], backends: Sequence[str] = ("torch", "on
             path = m.artefacts.get((b, s))
             rows.append({**dict.fromkeys(COLUMNS), "model": m.label, "backend": b, "imgsz": s, "batch": n,
                          "params": m.params, "gflops": m.gflops.get(s),
-                         "file_mb": path.stat().st_size / 1e6 if path else None,
+                         "file_mb": _size_mb(path) if path else None,
                          "note": "; ".join(x for x in (m.note, m.notes.get((b, s), "")) if x)})
             if b == "onnxruntime-int8" and n > 1 and path:
                 _add_note(rows[-1], "fixed-batch export: run image by image")
@@ -296,6 +313,12 @@ def _torch_threads(threads: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def _size_mb(path: Path) -> float:
+    """A file's size, or the files of an export folder (NCNN) together, in MB."""
+    files = [f for f in path.rglob("*") if f.is_file()] if path.is_dir() else [path]
+    return sum(f.stat().st_size for f in files) / 1e6
 
 
 def _add_note(row: dict[str, Any], text: str) -> None:
@@ -390,7 +413,7 @@ def plot_reports(rows: Sequence[dict[str, Any]], out: Path, data: str | None = N
     for name, xkey, xlabel in plots:
         fig, ax = plt.subplots(figsize=(6.4, 4.4))
         labelled: set[tuple[str, int, float]] = set()
-        for backend, marker in zip(BACKEND_NAMES, "os^"):
+        for backend, marker in zip(BACKEND_NAMES, "os^D"):
             pts = [r for r in (scored or timed) if r["backend"] == backend]
             if not pts:
                 continue
