@@ -143,7 +143,7 @@ def _refused(path: Path, capsys, error: type[LeyoloError] = LeyoloError, match: 
     message = str(info.value)
     assert str(path) in message and "\n" not in message, message
     assert match in message, message
-    assert elapsed < 1.0, f"took {elapsed:.2f} s to refuse"
+    assert elapsed < 3.0, f"took {elapsed:.2f} s to refuse"  # measured 0.1 ms - 0.2 s; generous for busy CI
     assert peak < 64 << 20, f"Python allocations peaked at {peak >> 20} MiB"
     assert _max_rss_bytes() - rss < 256 << 20, "resident memory grew by more than 256 MiB"
     capsys.readouterr()

@@ -51,7 +51,10 @@ def _upward(graph) -> list[tuple[str, str]]:
             a, b = layer_of(importer), layer_of(imported)
             if a is None or b is None:
                 continue
-            same_package = any(importer.startswith(n) and imported.startswith(n) for n in layers[a])
+            def inside(module: str, package: str) -> bool:
+                return module == package or module.startswith(package + ".")
+
+            same_package = any(inside(importer, n) and inside(imported, n) for n in layers[a])
             if b < a or (b == a and not same_package):
                 bad.append((importer, imported))
     return sorted(bad)

@@ -298,7 +298,7 @@ def test_batcher_policy_oldest_first_same_shape_bounded_queue():
 
 def test_queue_full_is_503_and_slow_is_504(detector, image_files):
     data = image_files[0].read_bytes()
-    config = ServeConfig(model="noisy", imgsz=IMGSZ, threads=1, max_batch=1, queue_size=1, timeout_s=0.4)
+    config = ServeConfig(model="noisy", imgsz=IMGSZ, threads=1, max_batch=1, queue_size=1, max_images=1, timeout_s=0.4)
     with TestClient(create_app(config, detector)) as c:
         wait_ready(c)
         service = c.app.state.service

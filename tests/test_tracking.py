@@ -339,7 +339,7 @@ class HueDetector(Detector):
                          export_format="onnx")
         self.hue_backend = HueBackend(hues)
 
-    def backend(self, name="auto", imgsz=None, device="cpu", threads=None):
+    def backend(self, name="auto", imgsz=None, device="cpu", threads=None, spinning=True):
         return self.hue_backend
 
 

@@ -113,3 +113,53 @@ def test_val_cli_prints_precision_recall_and_writes_plots(tmp_path, capsys):
     assert "precision" in out and "recall" in out
     for name in ("pr_curve.png", "confusion_matrix.png"):
         assert (tmp_path / "val" / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_predict_augment_runs_on_the_recipes_larger_input(tmp_path, monkeypatch):
+    import leyolo.inference.predictor as predictor_module
+
+    sizes = []
+    real = predictor_module.augmented_passes
+    monkeypatch.setattr(predictor_module, "augmented_passes",
+                        lambda image, imgsz, *a, **k: sizes.append(imgsz) or real(image, imgsz, *a, **k))
+    cv2.imwrite(str(tmp_path / "a.png"), np.full((64, 96, 3), 90, np.uint8))
+    assert main(["predict", "--model", "leyolo-n", "--source", str(tmp_path / "a.png"), "--augment", "--no-save",
+                 "-q"]) == 0
+    assert main(["predict", "--model", "leyolo-n", "--source", str(tmp_path / "a.png"), "--augment", "--no-save",
+                 "--imgsz", "320", "-q"]) == 0
+    assert sizes == [832, 320]  # 1.3 x the model's 640 unless --imgsz says otherwise
+
+
+def test_outputs_of_sources_with_the_same_stem_do_not_overwrite_each_other(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    cv2.imwrite(str(src / "a.jpg"), np.full((64, 64, 3), 60, np.uint8))
+    cv2.imwrite(str(src / "a.png"), np.full((64, 64, 3), 200, np.uint8))
+    out = tmp_path / "out"
+    assert main(["predict", "--model", "leyolo-n", "--source", str(src), "--save-dir", str(out), "--save-txt",
+                 "--imgsz", "64", "--conf", "0.0", "--max-det", "1", "-q"]) == 0
+    assert sorted(p.name for p in out.iterdir() if p.is_file()) == ["a-2.png", "a.jpg"]
+    assert sorted(p.name for p in (out / "labels").iterdir()) == ["a-2.txt", "a.txt"]
+    assert cv2.imread(str(out / "a.jpg")).mean() < cv2.imread(str(out / "a-2.png")).mean()  # each its own
+
+
+def test_results_of_non_8bit_arrays_draw_and_save(tmp_path):
+    detector = leyolo.load("leyolo-n")
+    for image in (np.random.default_rng(0).random((48, 64, 3), dtype=np.float32),
+                  np.full((48, 64), 30000, np.uint16)):
+        r = detector.predict(image, imgsz=64, conf=0.0, max_det=2)[0]
+        assert r.image.dtype == np.uint8 and r.image.shape == (48, 64, 3)
+        assert cv2.imread(str(r.save(tmp_path / "r.png"))).shape == (48, 64, 3)
+
+
+def test_live_sources_are_not_queued_ahead(monkeypatch):
+    from leyolo.inference.predictor import Predictor
+    from leyolo.inference.sources import Frame
+
+    class Live(list):
+        live = True
+
+    monkeypatch.setattr(Predictor, "_prefetched", lambda self, frames: pytest.fail("prefetched a live source"))
+    predictor = leyolo.load("leyolo-n").predictor(backend="torch", imgsz=64)
+    results = list(predictor.stream(Live([Frame("cam0", np.zeros((64, 64, 3), np.uint8), frame=0)])))
+    assert len(results) == 1 and results[0].frame == 0

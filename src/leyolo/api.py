@@ -12,6 +12,7 @@ picks the fastest runtime for the device (``leyolo.inference.backends.auto_backe
 from __future__ import annotations
 
 import tempfile
+import weakref
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -40,6 +41,7 @@ from .inference.backends import (
     auto_backend,
     openvino_xml,
 )
+from .inference.live import open_source
 from .inference.predictor import Predictor
 from .inference.sources import Frame, iter_frames, resolve_source
 from .models.base import DetectionModel, ModelMeta
@@ -59,8 +61,9 @@ class Detector:
     predicts and validates on its own runtime (``EXPORT_RUNTIMES``; ONNX also on OpenVINO);
     its export settings (``dynamic``, ``half``, ``nms``) are in ``meta.extra``.
 
-    Backends are cached; the cache notices in-place changes to the model's tensors (their
-    version counters) and rebuilds, but call ``clear_cache()`` after swapping modules by hand.
+    Backends are cached per (backend, device, threads, spinning). Loading weights into the model
+    (``load_state_dict``) or assigning another model rebuilds them; after changing tensors in
+    place by hand (an optimizer step, ``p.add_()``), call ``clear_cache()``.
     """
 
     def __init__(self, model: DetectionModel | None = None, onnx_path: Path | None = None,
@@ -71,6 +74,8 @@ class Detector:
             raise ValueError("a Detector needs a model or an exported file")
         if export_path is not None and export_format not in EXPORT_RUNTIMES:
             raise ValueError(f"unknown export format {export_format!r}")
+        self._model: DetectionModel | None = None
+        self._generation = 0  # bumped when weights are loaded into the model: cached backends are stale
         self.model = model
         self.export_path = export_path
         self.export_format = export_format if export_path is not None else None
@@ -79,10 +84,23 @@ class Detector:
         self._backends: dict[tuple, tuple[Any, Backend]] = {}
         self._onnx_export: tuple[Any, Path] | None = None  # (model version it was made from, file)
         self._tmpdir: tempfile.TemporaryDirectory | None = None
+        self._persistent_trackers: tuple[Any, dict] | None = None  # track(persist=True): (settings, trackers)
 
     def __repr__(self) -> str:
         where = "torch" if self.model is not None else f"{self.export_format}:{self.export_path}"
         return f"Detector({self.meta.arch}, {len(self.names)} classes, imgsz={self.meta.imgsz}, {where})"
+
+    @property
+    def model(self) -> DetectionModel | None:
+        return self._model
+
+    @model.setter
+    def model(self, model: DetectionModel | None) -> None:
+        """A new model (or new weights loaded into it later) makes the cached backends stale."""
+        self._model = model
+        self._generation += 1
+        if model is not None:
+            model.register_load_state_dict_post_hook(_generation_bumper(self))
 
     @property
     def names(self) -> list[str]:
@@ -129,31 +147,28 @@ class Detector:
                                   f"it runs on --backend {runtime}")
         return name
 
-    def _version(self) -> Any:
-        """Changes when the model's tensors are replaced or modified in place (their version counters)."""
-        if self.model is None:
-            return None
-        tensors = [*self.model.parameters(), *self.model.buffers()]
-        return len(tensors), sum(id(t) for t in tensors), sum(t._version for t in tensors)
+    def _version(self) -> int:
+        """Changes when another model is assigned or weights are loaded into this one (free to compute)."""
+        return self._generation
 
     def backend(self, name: str = "auto", imgsz: int | None = None, device: str = "cpu",
-                threads: int | None = None) -> Backend:
+                threads: int | None = None, spinning: bool = True) -> Backend:
         """The backend ``name`` (``CHOICES``), built on first use and cached per (backend, device, threads).
 
         PyTorch weights run on any backend (the others through a dynamic-shape ONNX export or an
         in-memory trace, both valid for every input size); an export runs on its own runtime.
         """
         name = self.resolve_backend(name, device)
-        key = (name, device, threads)
+        key = (name, device, threads, spinning if name == "onnxruntime" else True)
         version = self._version()
         cached = self._backends.get(key)
         if cached is not None and cached[0] == version:
             return cached[1]
-        engine = self._build_backend(name, imgsz or self.meta.imgsz, device, threads)
+        engine = self._build_backend(name, imgsz or self.meta.imgsz, device, threads, spinning)
         self._backends[key] = (version, engine)
         return engine
 
-    def _build_backend(self, name: str, imgsz: int, device: str, threads: int | None) -> Backend:
+    def _build_backend(self, name: str, imgsz: int, device: str, threads: int | None, spinning: bool) -> Backend:
         nms, half = self.meta.extra.get("nms"), bool(self.meta.extra.get("half"))
         if name == "torch":
             return TorchBackend(self._require_model("the torch backend"), device, threads)
@@ -181,7 +196,7 @@ class Detector:
         if name == "tensorrt":
             _, plan = read_engine(self.export_path)  # type: ignore[arg-type]
             return TensorRTBackend(plan, self.export_path, device=device, nms=nms)
-        return OnnxRuntimeBackend(self.onnx_file(imgsz), threads=threads, nms=nms)
+        return OnnxRuntimeBackend(self.onnx_file(imgsz), threads=threads, nms=nms, spinning=spinning)
 
     def clear_cache(self) -> None:
         """Forget the built backends (and the temporary ONNX export)."""
@@ -189,9 +204,14 @@ class Detector:
         self._onnx_export = None
 
     def predictor(self, backend: str = "auto", device: str = "cpu", threads: int | None = None,
-                  **config: Any) -> Predictor:
-        """A ``Predictor`` on the (cached) backend with this model's preprocessing and the given thresholds."""
-        return Predictor.for_meta(self.backend(backend, config.get("imgsz"), device, threads), self.meta, **config)
+                  spinning: bool = True, **config: Any) -> Predictor:
+        """A ``Predictor`` on the (cached) backend with this model's preprocessing and the given thresholds.
+
+        ``spinning``: onnxruntime's idle threads busy-wait between calls (fastest alone, slower when
+        other work shares the cores; the server turns it off).
+        """
+        engine = self.backend(backend, config.get("imgsz"), device, threads, spinning)
+        return Predictor.for_meta(engine, self.meta, **config)
 
     # -- verbs ----------------------------------------------------------------------------
     def predict(
@@ -206,33 +226,44 @@ class Detector:
         """Detect objects in BGR arrays and/or image paths, folders or globs; one ``Results`` per image.
 
         Keyword arguments are ``PredictConfig`` fields (``imgsz``, ``conf``, ``iou``, ``max_det``,
-        ``multi_label``, ``batch``, ``classes``, ``augment``, ``tta_merge``). Unreadable images and videos raise ``LeyoloError``
+        ``multi_label``, ``batch``, ``classes``, ``augment``, ``tta_merge``). Files are decoded a few
+        ahead of the network, in a helper thread. Unreadable images and videos raise ``LeyoloError``
         (``stream()`` goes through videos and skips unreadable files instead).
         """
         items = [images] if isinstance(images, (np.ndarray, str, Path)) else list(images)
-        arrays, paths = [], []
+        frames: list[Frame | Path] = []
         for item in items:
             if isinstance(item, np.ndarray):
-                arrays.append(item)
-                paths.append(None)
+                frames.append(Frame("", item))
                 continue
-            for file in resolve_source(item):
+            for file in resolve_source(item):  # fails early, before any inference, on a missing path
                 if file.suffix.lower() in VIDEO_SUFFIXES:
                     raise LeyoloError(f"{file}: a video; use Detector.stream() to predict on every frame")
-                frame = next(iter_frames([file]))
-                if frame.image is None:
-                    raise LeyoloError(frame.error or f"{file}: unreadable")
-                arrays.append(frame.image)
-                paths.append(str(file))
-        return self.predictor(backend, device, threads, **config).predict_arrays(arrays, paths)
+                frames.append(file)
+
+        def decoded() -> Iterator[Frame]:
+            for entry in frames:
+                yield entry if isinstance(entry, Frame) else next(iter_frames([entry]))
+
+        results: list[Results] = []
+        for item in self.predictor(backend, device, threads, **config).stream(decoded()):
+            if isinstance(item, Frame):
+                raise LeyoloError(item.error or f"{item.path}: unreadable")
+            item.path = item.path or None
+            results.append(item)
+        return results
 
     __call__ = predict
 
-    def stream(self, source: str | Path, *, backend: str = "auto", device: str = "cpu", threads: int | None = None,
-               **config: Any) -> Iterator[Results | Frame]:
-        """Predict over an image, folder, glob or video lazily; unreadable files come back as ``Frame``."""
-        files = resolve_source(source)
-        return self.predictor(backend, device, threads, **config).stream(iter_frames(files))
+    def stream(self, source: Any, *, backend: str = "auto", device: str = "cpu", threads: int | None = None,
+               vid_stride: int = 1, **config: Any) -> Iterator[Results | Frame]:
+        """Predict lazily over an image, folder, glob, video, webcam index, stream URL or ``.streams`` list.
+
+        Unreadable files and lost streams come back as ``Frame`` (with ``error``) instead of raising.
+        ``vid_stride``: every n-th video or stream frame.
+        """
+        frames = open_source(source, vid_stride=vid_stride)
+        return self.predictor(backend, device, threads, **config).stream(frames)
 
     def track(self, source: Any, *, tracker: str = "bytetrack", persist: bool = False, backend: str = "auto",
               device: str = "cpu", threads: int | None = None, vid_stride: int = 1,
@@ -253,7 +284,6 @@ class Detector:
         kept on this detector and later calls continue their tracks (a change of tracker or
         settings starts over).
         """
-        from .inference.live import open_source
         from .inference.tracking import TRACKERS, split_config, track_results
 
         if tracker not in TRACKERS:
@@ -263,7 +293,7 @@ class Detector:
         trackers: dict = {}
         if persist:
             key = (tracker, tracker_config)
-            kept = getattr(self, "_persistent_trackers", None)
+            kept = self._persistent_trackers
             if kept is None or kept[0] != key:
                 kept = self._persistent_trackers = (key, {})
             trackers = kept[1]
@@ -360,6 +390,18 @@ class Detector:
         proto = onnx.load(str(self.export_path), load_external_data=False)
         return sum(int(np.prod(t.dims)) for t in proto.graph.initializer
                    if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16) and len(t.dims) > 0)
+
+
+def _generation_bumper(detector: Detector) -> Any:
+    """A ``load_state_dict`` post-hook that marks ``detector``'s backends stale (holding it weakly)."""
+    ref = weakref.ref(detector)
+
+    def bump(module: Any, incompatible_keys: Any) -> None:
+        target = ref()
+        if target is not None:
+            target._generation += 1
+
+    return bump
 
 
 def load(source: str | Path, *, arch: str | None = None) -> Detector:

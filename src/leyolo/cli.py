@@ -15,12 +15,14 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from .deploy.base import FORMATS
 from .errors import LeyoloError
+from .inference.backends import CHOICES
 
 log = logging.getLogger("leyolo")
 
 EPILOG = """examples:
-  leyolo demo                                    # synthetic data -> train -> val -> predict, ~5 min on a CPU
+  leyolo demo                                    # synthetic data -> train -> val -> predict, ~4 min on a CPU
   leyolo train --model leyolo-n --data data.yaml --imgsz 320 --time 10
   leyolo train --model LeYOLONano.pt --data data.yaml --epochs 5    # fine-tune published weights
   leyolo info --model leyolo-s --imgsz 640
@@ -46,8 +48,8 @@ def _unit_float(text: str) -> float:
     return value
 
 
-EXPORT_FORMATS = ["onnx", "torchscript", "openvino", "triton", "ncnn", "engine"]  # leyolo.deploy.base.FORMATS (kept here: no heavy import)
-BACKEND_CHOICES = ["auto", "torch", "onnxruntime", "torchscript", "openvino", "ncnn", "tensorrt"]  # leyolo.inference.backends.CHOICES
+EXPORT_FORMATS = list(FORMATS)
+BACKEND_CHOICES = list(CHOICES)
 
 
 class _DefaultsFormatter(argparse.HelpFormatter):
@@ -63,8 +65,8 @@ class _DefaultsFormatter(argparse.HelpFormatter):
 
 def _add_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", "-m", required=True,
-                   help="registered name (leyolo-n/s/m/l), published .pt, .safetensors, or an export "
-                        "(.onnx, .torchscript, OpenVINO folder)")
+                   help="registered name (leyolo-n, yolov12-s, ...), published .pt, .safetensors, or an export "
+                        "(.onnx, .torchscript, OpenVINO or NCNN folder, .engine)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,12 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where pr_curve.png and confusion_matrix.png go (default: runs/val, numbered if it exists)")
     p.add_argument("--no-plots", action="store_true", help="no PR curve or confusion matrix")
 
-    p = sub.add_parser("export", help="export a model (ONNX, TorchScript, OpenVINO)",
+    p = sub.add_parser("export", help="export a model (ONNX, TorchScript, OpenVINO, NCNN, TensorRT, Triton)",
                        description="Export for deployment. The exported model takes the letterboxed RGB image "
                                    "[B, 3, H, W] in [0, 1]; leyolo load/predict/val read its metadata back.")
     _add_model(p)
     p.add_argument("--format", choices=EXPORT_FORMATS,
-                   help="export format (default: what --out implies: .onnx, .torchscript, *_openvino_model; else onnx)")
+                   help="export format (default: what --out implies: .onnx, .torchscript, *_openvino_model, "
+                        "*_ncnn_model, .engine, *_triton; else onnx)")
     p.add_argument("--imgsz", type=_positive_int, help="input size (default: the model's)")
     shape = p.add_mutually_exclusive_group()
     shape.add_argument("--dynamic", action="store_true", default=True,
@@ -134,14 +137,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, help="with --int8: the data.yaml whose train images calibrate INT8")
     p.add_argument("--simplify", action="store_true", help="simplify the graph with onnxslim (onnx, openvino)")
     p.add_argument("--nms", action="store_true",
-                   help="NMS inside the graph; outputs num_dets, det_boxes, det_scores, det_classes (onnx, openvino)")
+                   help="postprocess inside the graph (NMS, or top-k for set predictors); outputs num_dets, det_boxes, "
+                        "det_scores, det_classes (onnx, openvino, triton)")
     p.add_argument("--conf", type=_unit_float, default=0.25, help="with --nms: score threshold baked in (default 0.25)")
     p.add_argument("--iou", type=_unit_float, default=0.7, help="with --nms: NMS IoU threshold (default 0.7)")
     p.add_argument("--max-det", type=_positive_int, default=300, help="with --nms: detections per image (default 300)")
     p.add_argument("--multi-label", action="store_true",
                    help="with --nms: keep a box once per class above conf (validation protocol)")
     p.add_argument("--out", type=Path,
-                   help="output path (default: <arch>-<imgsz>.onnx, .torchscript or _openvino_model/)")
+                   help="output path (default: <arch>-<imgsz> + .onnx, .torchscript, _openvino_model/, _ncnn_model/, "
+                        ".engine or _triton/)")
 
     p = sub.add_parser("train", help="train from scratch or fine-tune (YOLOv8-style recipe)",
                        formatter_class=_DefaultsFormatter,
@@ -276,10 +281,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     detector = load(args.model)
     frames = open_source(args.source, vid_stride=args.vid_stride)  # files, videos, webcams, streams
+    # imgsz None: the model's, or with --augment the recipe's 1.3x larger input
     stream = detector.predictor(
-        args.backend, args.device, args.threads,
-        imgsz=args.imgsz or detector.meta.imgsz, conf=args.conf, iou=args.iou, max_det=args.max_det, batch=args.batch,
-        augment=args.augment, tta_merge=args.tta_merge,
+        args.backend, args.device, args.threads, imgsz=args.imgsz, conf=args.conf, iou=args.iou, max_det=args.max_det,
+        batch=args.batch, augment=args.augment, tta_merge=args.tta_merge,
     ).stream(frames)
     writer = PredictionWriter(
         args.save_dir, args.source, save_images=not args.no_save, save_txt=args.save_txt, save_json=args.save_json,

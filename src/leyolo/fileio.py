@@ -12,7 +12,14 @@ from .errors import LeyoloError
 
 
 def _umask() -> int:
-    mask = os.umask(0)
+    """The process umask, read without changing it (``os.umask`` would, for an instant, for every thread)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # no /proc: the classic read-by-setting, briefly
     os.umask(mask)
     return mask
 
@@ -64,3 +71,31 @@ def atomic_dir(path: str | Path, write: Callable[[Path], object]) -> Path:
         raise
     shutil.rmtree(old, ignore_errors=True)
     return path
+
+
+class PartialFile:
+    """A text file written piece by piece under a hidden name and moved into place by ``finish``.
+
+    For outputs that grow for as long as a stream runs (JSON, MOT rows): memory stays bounded,
+    and a crash leaves no half-written file under the final name.
+    """
+
+    def __init__(self, path: str | Path, tag: str = "") -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.partial = self.path.with_name(f".{self.path.name}{tag}.partial")
+        self.handle = open(self.partial, "w", encoding="utf-8")  # noqa: SIM115 (closed by finish or discard)
+
+    def write(self, text: str) -> None:
+        self.handle.write(text)
+
+    def finish(self, path: str | Path | None = None) -> Path:
+        self.handle.close()
+        final = Path(path) if path is not None else self.path
+        os.chmod(self.partial, 0o666 & ~_umask())
+        os.replace(self.partial, final)
+        return final
+
+    def discard(self) -> None:
+        self.handle.close()
+        Path(self.partial).unlink(missing_ok=True)

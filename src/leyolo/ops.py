@@ -237,10 +237,11 @@ def postprocess(
         order = np.argsort(anchor_idx * scores_all.shape[0] + cls_idx, kind="stable")  # anchor-major, as reference
         cls_idx, anchor_idx, scores = cls_idx[order], anchor_idx[order], scores[order]
     else:
-        best = scores_all.argmax(0)
-        scores = np.take_along_axis(scores_all, best[None], 0)[0]
-        anchor_idx = np.flatnonzero(scores > conf)
-        cls_idx, scores = best[anchor_idx], scores[anchor_idx]
+        # max over classes is ~10x cheaper than argmax in numpy; argmax only the few anchors above conf
+        anchor_idx = np.flatnonzero(scores_all.max(0) > conf)
+        candidates = scores_all[:, anchor_idx]
+        cls_idx = candidates.argmax(0)
+        scores = candidates[cls_idx, np.arange(anchor_idx.size)]
     if scores.size == 0:
         return Detections.empty()
     if scores.size > max_candidates:

@@ -148,9 +148,10 @@ class Results:
         return ", ".join(f"{n} {k}" for k, n in self.counts().items()) or "no detections"
 
     def default_image_id(self) -> int:
-        """A COCO image id for this image: a numeric file stem (COCO's own file names), else a stable hash."""
+        """A COCO image id: a still image's numeric file stem (COCO's own file names), else a stable hash
+        of the name (and of the frame index, for video frames)."""
         stem = Path(self.path).stem if self.path else ""
-        if stem.isdigit():
+        if stem.isdigit() and self.frame is None:
             return int(stem)
         key = f"{stem}:{self.frame}" if self.frame is not None else stem
         return zlib.crc32(key.encode()) & 0x7FFFFFFF
@@ -192,7 +193,7 @@ class Results:
         """A copy of ``image`` (default: the original) with boxes, class names and scores drawn on it."""
         if image is None:
             if self.image is None:
-                raise LeyoloError("no image to draw on: pass one (results of arrays keep theirs)")
+                raise LeyoloError("no image to draw on: pass one")
             image = self.image
         canvas = image.copy()
         height, width = canvas.shape[:2]

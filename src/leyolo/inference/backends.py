@@ -188,11 +188,13 @@ def load_torchscript(path: str | Path) -> torch.jit.ScriptModule:
     return module.eval()
 
 
-def onnxruntime_session(path: str | Path, threads: int | None = None, spinning: bool = True):
+def onnxruntime_session(path: str | Path, threads: int | None = None, spinning: bool = True,
+                        profile_prefix: str | Path | None = None):
     """An onnxruntime CPU session with full graph optimisation, on the CPUs this process may use.
 
     ``spinning`` keeps onnxruntime's idle threads busy-waiting between calls: fastest on a quiet
     machine, slower when the cores are oversubscribed (BENCHMARKS.md, onnxruntime settings).
+    ``profile_prefix``: record onnxruntime's profile (``session.end_profiling()`` returns its file).
     """
     import onnxruntime as ort
 
@@ -201,6 +203,9 @@ def onnxruntime_session(path: str | Path, threads: int | None = None, spinning: 
     options.intra_op_num_threads = threads or usable_cpus()
     if not spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = str(profile_prefix)
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]

@@ -48,7 +48,9 @@ def is_live(source: Any) -> bool:
     if isinstance(source, int) and not isinstance(source, bool):
         return True
     text = str(source).strip()
-    return text.isdigit() or is_stream_url(text) or text.lower().endswith(STREAMS_SUFFIX)
+    if text.isdigit():
+        return not Path(text).exists()  # a folder or file named "2024" is a path, not webcam 2024
+    return is_stream_url(text) or text.lower().endswith(STREAMS_SUFFIX)
 
 
 def mask_url(url: str) -> str:
@@ -213,7 +215,11 @@ class LiveSource:
         reconnect: reopen attempts after a drop before giving up on a source.
         retry_delay: seconds between attempts.
         capture_factory: ``open_capture`` unless given (tests pass a fake).
+
+    ``live`` tells the predictor not to queue frames ahead: the readers already keep the latest.
     """
+
+    live = True
 
     def __init__(self, sources: Iterable[int | str], *, buffer: int = 1, vid_stride: int = 1, reconnect: int = 5,
                  retry_delay: float = 1.0, capture_factory: Callable[[Any], Any] | None = None) -> None:

@@ -87,6 +87,7 @@ class _Prepared:
     info: LetterboxInfo | None
     seconds: float = 0.0
     passes: list[Pass] | None = None  # the test-time augmentation views
+    image: np.ndarray | None = None  # the frame as 8-bit BGR (what results draw on)
 
 
 class Predictor:
@@ -123,13 +124,13 @@ class Predictor:
         square = bool(config.pop("square", False))
         if fixed is not None:
             where = getattr(backend, "path", meta.arch)
+            if config.get("augment"):
+                raise LeyoloError(f"{where} has a fixed input shape; test-time augmentation needs a dynamic export")
             if fixed[0] != fixed[1]:
                 raise LeyoloError(f"{where}: fixed non-square input {fixed} is not supported")
             if config["imgsz"] != fixed[0]:
                 raise LeyoloError(f"{where} was exported for --imgsz {fixed[0]}, not {config['imgsz']}")
             square = True
-            if config.get("augment"):
-                raise LeyoloError(f"{where} has a fixed input shape; test-time augmentation needs a dynamic export")
         cfg = PredictConfig(stride=meta.stride, pad_value=meta.pad_value, kind=meta.kind, square=square,
                             strides=meta.strides, **config)
         return cls(backend, meta.names, cfg)
@@ -182,11 +183,11 @@ class Predictor:
             image = to_bgr8(frame.image, frame.path)
             if cfg.augment:
                 passes = augmented_passes(image, cfg.imgsz, cfg.stride, cfg.pad_value, cfg.square)
-                return _Prepared(frame, passes[0].blob, passes[0].info, time.perf_counter() - start, passes)
+                return _Prepared(frame, passes[0].blob, passes[0].info, time.perf_counter() - start, passes, image)
             blob, info = self.prepare(image)
         except LeyoloError as exc:
             return _Prepared(Frame(frame.path, None, frame.frame, str(exc)), None, None)
-        return _Prepared(frame, blob, info, time.perf_counter() - start)
+        return _Prepared(frame, blob, info, time.perf_counter() - start, image=image)
 
     def _run_group(self, group: list[_Prepared]) -> list[Results]:
         start = time.perf_counter()
@@ -201,7 +202,7 @@ class Predictor:
             speed = {"preprocess": p.seconds, "inference": infer / len(group), "postprocess": time.perf_counter() - t0}
             out.append(
                 Results(boxes, det.scores, det.classes, self.names, p.info.original_shape, p.frame.path, p.frame.frame, speed,
-                        p.frame.image)
+                        p.image)
             )
         return out
 
@@ -212,6 +213,8 @@ class Predictor:
         backend works (OpenCV releases the GIL), so they mostly hide behind inference.
         Images with the same letterboxed shape are batched together, up to ``batch``.
         """
+        # a live source already keeps only its latest frame: a prefetch queue in front would delay results
+        prefetch = prefetch and not getattr(frames, "live", False)
         prepared = self._prefetched(frames) if prefetch else map(self._prepare_frame, frames)
         group: list[_Prepared] = []
         for item in prepared:
@@ -270,7 +273,7 @@ class Predictor:
         boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]], 0, h)
         speed = {"preprocess": p.seconds, "inference": infer, "postprocess": time.perf_counter() - t0}
         return Results(boxes, det.scores, det.classes, self.names, (h, w), p.frame.path, p.frame.frame, speed,
-                       p.frame.image)
+                       p.image)
 
     def _flush(self, group: list[_Prepared]) -> Iterator[Results]:
         if group:

@@ -85,8 +85,8 @@ def to_original(decoded: np.ndarray, view: Pass, strides: Sequence[int] | None) 
 def weighted_box_fusion(parts: Sequence[Detections], iou_threshold: float = 0.55, max_det: int = 300) -> Detections:
     """Fuse detections of several views (Solovyev et al., 2021), class by class.
 
-    Boxes are visited by falling score; each joins the first fused box of its class it overlaps
-    above ``iou_threshold`` (else it starts one). A fused box is the score-weighted mean of its
+    Boxes are visited by falling score; each joins the fused box of its class it overlaps most, if
+    that overlap is above ``iou_threshold`` (else it starts one). A fused box is the score-weighted mean of its
     members; its score is their mean, scaled by ``min(members, views) / views``, so a box seen in
     one view of three counts a third.
     """

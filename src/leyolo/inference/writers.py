@@ -27,9 +27,9 @@ import cv2
 import numpy as np
 
 from ..data.images import VIDEO_SUFFIXES
-from ..errors import LeyoloError
+from ..errors import LeyoloError, first_line
 from ..structures import Results
-from ..fileio import atomic_write
+from ..fileio import PartialFile, atomic_write
 from .sources import Frame, resolve_source, video_frame_count
 
 
@@ -183,8 +183,13 @@ class PredictionWriter:
         wants_output = save_images or save_txt or save_json
         self.save_dir = (save_dir if save_dir is not None else next_free_dir(Path("runs/predict"))) if wants_output else None
         self._videos: dict[str, VideoSink] = {}
-        self._json: list[dict] = []
+        self._json: PartialFile | None = None  # predictions.json, streamed: an endless source keeps memory flat
+        self._json_records = 0
         self._image_ids: dict[str, int] = {}
+        self._used_ids: set[int] = set()
+        self._next_id = 1
+        self._stems: dict[str, str] = {}  # source path -> its unique output stem
+        self._taken: set[str] = set()
 
     def _total(self) -> int:
         from .live import is_live
@@ -219,20 +224,48 @@ class PredictionWriter:
                     ms = 1e3 * item.speed.get("inference", 0.0)
                     bar.write(f"{summary.images}/{total or '?'} {where}: {item.summary()} ({ms:.1f} ms)")
                 self._write(item)
+        except BaseException:
+            if self._json is not None:
+                self._json.discard()
+                self._json = None
+            raise
         finally:
             bar.close()
-            for writer in self._videos.values():
-                written = writer.close()
+            errors = []
+            for writer in self._videos.values():  # every sink is closed, even when one fails
+                try:
+                    written = writer.close()
+                except Exception as exc:  # noqa: BLE001 (reported below, after the others closed)
+                    errors.append(exc)
+                    continue
                 if written is not None:
                     summary.videos.append(written)
+            if errors and sys.exc_info()[0] is None:
+                raise LeyoloError(f"cannot finish a video: {first_line(errors[0])}") from errors[0]
         summary.seconds = time.perf_counter() - start
-        if self.save_json and self.save_dir is not None:
-            data = json.dumps(self._json).encode()
-            atomic_write(self.save_dir / "predictions.json", lambda tmp: Path(tmp).write_bytes(data))
+        if self._json is not None:
+            self._json.write("\n]\n")
+            self._json.finish()
+            self._json = None
+        elif self.save_json and self.save_dir is not None:
+            atomic_write(self.save_dir / "predictions.json", lambda tmp: Path(tmp).write_text("[]\n"))
         return summary
 
+    def output_stem(self, path: Path) -> str:
+        """The stem outputs of ``path`` get: its own, or ``stem-2``, ``stem-3``... when another source
+        already has it (``a.jpg`` and ``a.png``, or two streams both ending in ``/stream1``)."""
+        key = str(path)
+        stem = self._stems.get(key)
+        if stem is None:
+            stem, n = path.stem or "image", 2
+            while stem in self._taken:
+                stem, n = f"{path.stem}-{n}", n + 1
+            self._stems[key] = stem
+            self._taken.add(stem)
+        return stem
+
     def _stem(self, result: Results) -> str:
-        stem = Path(result.path or "image").stem
+        stem = self.output_stem(Path(result.path or "image"))
         return stem if result.frame is None else f"{stem}_{result.frame}"
 
     def _write(self, result: Results) -> None:
@@ -248,20 +281,30 @@ class PredictionWriter:
                 ok, encoded = cv2.imencode(suffix, canvas)
                 if not ok:
                     raise LeyoloError(f"cannot encode annotated image for {path}")
-                atomic_write(self.save_dir / f"{path.stem}{suffix}", lambda tmp: Path(tmp).write_bytes(encoded.tobytes()))
+                atomic_write(self.save_dir / f"{self.output_stem(path)}{suffix}",
+                             lambda tmp: Path(tmp).write_bytes(encoded.tobytes()))
         if self.save_txt:
             text = "".join(line + "\n" for line in result.to_yolo_lines())
             atomic_write(self.save_dir / "labels" / f"{self._stem(result)}.txt", lambda tmp: Path(tmp).write_text(text))
         if self.save_json:
             key = self._stem(result)
             image_id = self._image_ids.get(key)
-            if image_id is None:  # COCO-style numeric stems keep their number; others take a free id
-                used = set(self._image_ids.values())
-                image_id = int(key) if key.isdigit() and int(key) not in used else max(used, default=0) + 1
+            if image_id is None:  # COCO-style numeric stems keep their number; others take the next free id
+                if key.isdigit() and int(key) not in self._used_ids:
+                    image_id = int(key)
+                else:
+                    while self._next_id in self._used_ids:
+                        self._next_id += 1
+                    image_id = self._next_id
                 self._image_ids[key] = image_id
+                self._used_ids.add(image_id)
+            if self._json is None:
+                self._json = PartialFile(self.save_dir / "predictions.json")
+                self._json.write("[")
             for record in result.to_coco(image_id):
                 record["file_name"] = path.name if result.frame is None else key
-                self._json.append(record)
+                self._json.write(("," if self._json_records else "") + "\n" + json.dumps(record))
+                self._json_records += 1
 
     def canvas(self, result: Results) -> np.ndarray:
         """The annotated image written for ``result`` (subclasses draw more)."""
@@ -272,6 +315,6 @@ class PredictionWriter:
         if key not in self._videos:
             fps = (self.fps(key) if self.fps is not None else None) or video_fps(path)
             self.save_dir.mkdir(parents=True, exist_ok=True)
-            self._videos[key] = VideoSink(self.save_dir / path.stem, fps / self.vid_stride,
+            self._videos[key] = VideoSink(self.save_dir / self.output_stem(path), fps / self.vid_stride,
                                           (frame.shape[1], frame.shape[0]))
         return self._videos[key]

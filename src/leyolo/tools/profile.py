@@ -42,31 +42,27 @@ def _torch_profile(model: Any, x: Any, runs: int, trace: Path) -> list[dict[str,
 
 
 def _onnxruntime_profile(onnx_path: Path, x: Any, runs: int, threads: int | None, trace: Path) -> list[dict[str, Any]]:
-    import onnxruntime as ort
-
-    from ..inference.cpus import usable_cpus
+    from ..inference.backends import onnxruntime_session
 
     with tempfile.TemporaryDirectory() as tmp:
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = threads or usable_cpus()
-        options.enable_profiling = True
-        options.profile_file_prefix = str(Path(tmp) / "ort")
-        session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        session = onnxruntime_session(onnx_path, threads, profile_prefix=Path(tmp) / "ort")
         feed = {session.get_inputs()[0].name: x}
         session.run(None, feed)  # the first call is session set-up: profiled, but not counted below
         for _ in range(runs):
             session.run(None, feed)
         events = json.loads(Path(session.end_profiling()).read_text())
     atomic_write(trace, lambda t: Path(t).write_text(json.dumps({"traceEvents": events})))
+    runs_seen = sorted((e["ts"], e["ts"] + e.get("dur", 0)) for e in events
+                       if e.get("cat") == "Session" and e.get("name") == "model_run")
+    first_end = runs_seen[0][1] if runs_seen else -1  # the set-up run: in the trace, not in the table
     totals: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
-    node_runs = [e for e in events if e.get("cat") == "Node" and str(e.get("name", "")).endswith("_kernel_time")]
-    for e in node_runs:
+    for e in events:
+        if e.get("cat") != "Node" or not str(e.get("name", "")).endswith("_kernel_time") or e["ts"] <= first_end:
+            continue
         op = (e.get("args") or {}).get("op_name", "?")
         totals[op][0] += 1
         totals[op][1] += float(e.get("dur", 0)) / 1e3
-    calls = runs + 1
-    return [{"op": op, "calls": round(n / calls), "ms": ms / calls} for op, (n, ms) in totals.items()]
+    return [{"op": op, "calls": round(n / runs), "ms": ms / runs} for op, (n, ms) in totals.items()]
 
 
 def profile(detector: Any, backend: str, imgsz: int, out: str | Path, *, runs: int = 20, batch: int = 1,

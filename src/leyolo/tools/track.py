@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections import deque
 from pathlib import Path
@@ -28,11 +27,13 @@ from typing import Any, Hashable, Iterable
 import cv2
 import numpy as np
 
+from ..fileio import PartialFile
 from ..inference.backends import CHOICES as BACKEND_CHOICES
 from ..inference.sources import Frame
 from ..inference.tracking import TRACKERS, sequence_key
 from ..inference.tracking.config import TrackerConfig
-from ..inference.writers import PredictionWriter, PredictSummary, next_free_dir
+from ..data.images import VIDEO_SUFFIXES
+from ..inference.writers import PredictionWriter, PredictSummary, next_free_dir, video_fps
 from ..structures import Results
 
 TRAIL = 30  # centres kept per track for the drawn trail
@@ -54,25 +55,6 @@ def mot_rows(frame: int, result: Results) -> list[str]:
             for i, (x1, y1, x2, y2), s in zip(ids.tolist(), result.boxes.xyxy.tolist(), result.scores.tolist())]
 
 
-class _Partial:
-    """A text file written line by line to a hidden name, moved into place by ``finish``."""
-
-    def __init__(self, path: Path, tag: str = "") -> None:
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.partial = path.with_name(f".{path.name}{tag}.partial")
-        self.handle = open(self.partial, "w")  # noqa: SIM115 (closed by finish)
-
-    def write(self, text: str) -> None:
-        self.handle.write(text)
-
-    def finish(self, path: Path | None = None) -> Path:
-        self.handle.close()
-        final = path or self.path
-        os.replace(self.partial, final)
-        return final
-
-
 class TrackWriter(PredictionWriter):
     """``PredictionWriter`` for tracked results: trails on the annotated frames, MOT rows, tracks json."""
 
@@ -82,12 +64,12 @@ class TrackWriter(PredictionWriter):
         if save_json and self.save_dir is None:
             self.save_dir = save_dir or next_free_dir(Path("runs/track"))
         self.mot = mot
-        self._mot_files: dict[Hashable, tuple[str, _Partial]] = {}
-        self._json: _Partial | None = None
-        self._json_count = 0
+        self._mot_files: dict[Hashable, tuple[str, PartialFile]] = {}
+        self._tracks_json: PartialFile | None = None
+        self._tracks_json_count = 0
         if save_json:
-            self._json = _Partial(self.save_dir / "tracks.json")  # type: ignore[operator]
-            self._json.write("[")
+            self._tracks_json = PartialFile(self.save_dir / "tracks.json")  # type: ignore[operator]
+            self._tracks_json.write("[")
         self._trails: dict[Hashable, dict[int, deque]] = {}
         self._last_seen: dict[Hashable, dict[int, int]] = {}
         self._counts: dict[Hashable, int] = {}  # frames seen per sequence (image sequences number from it)
@@ -137,14 +119,14 @@ class TrackWriter(PredictionWriter):
                     name = Path(result.path).parent.name or name
                 taken = {n for n, _ in self._mot_files.values()}
                 name = name if name not in taken else f"{name}-{len(self._mot_files) + 1}"
-                self._mot_files[key] = (name, _Partial(self.mot, f".{len(self._mot_files)}"))
+                self._mot_files[key] = (name, PartialFile(self.mot, f".{len(self._mot_files)}"))
             rows = mot_rows(number, result)
             if rows:
                 self._mot_files[key][1].write("".join(r + "\n" for r in rows))
-        if self._json is not None:
+        if self._tracks_json is not None:
             record = {"source": result.path, "frame": number, "tracks": json.loads(result.to_json())}
-            self._json.write(("," if self._json_count else "") + "\n" + json.dumps(record))
-            self._json_count += 1
+            self._tracks_json.write(("," if self._tracks_json_count else "") + "\n" + json.dumps(record))
+            self._tracks_json_count += 1
         super()._write(result)
 
     def consume(self, stream: Iterable[Results | Frame]) -> PredictSummary:
@@ -154,10 +136,10 @@ class TrackWriter(PredictionWriter):
             self._finish()
 
     def _finish(self) -> None:
-        if self._json is not None:
-            self._json.write("\n]\n")
-            self.outputs.append(self._json.finish())
-            self._json = None
+        if self._tracks_json is not None:
+            self._tracks_json.write("\n]\n")
+            self.outputs.append(self._tracks_json.finish())
+            self._tracks_json = None
         if self.mot is not None:
             files = list(self._mot_files.values())
             for name, part in files:
@@ -238,6 +220,9 @@ def cmd_track(args: argparse.Namespace) -> int:
     frames = open_source(args.source, vid_stride=args.vid_stride)
     if isinstance(frames, LiveSource) and args.batch is None:
         config["batch"] = len(frames)  # one frame of each stream per forward pass
+    source = Path(str(args.source))
+    if source.is_file() and source.suffix.lower() in VIDEO_SUFFIXES:  # the lost-track buffer counts real time
+        config["frame_rate"] = video_fps(source) / args.vid_stride
     stream = detector.track(frames, tracker=args.tracker, backend=args.backend, device=args.device,
                             threads=args.threads, **config)
     wants_dir = not args.no_save or args.save_json

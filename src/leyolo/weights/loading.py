@@ -17,7 +17,7 @@ from .widths import fit_to_state_dict
 
 PUBLISHED_CANDIDATES = ("leyolo-n", "leyolo-s", "leyolo-m")  # what the authors published, tried in order
 WEIGHT_SUFFIXES = (".pt", ".pth", ".safetensors")
-EXPORT_SUFFIXES = (".onnx", ".torchscript", ".xml")
+EXPORT_SUFFIXES = (".onnx", ".torchscript", ".xml", ".param", ".engine")  # OpenVINO, NCNN exports are folders too
 
 
 def load_model(source: str | Path, *, arch: str | None = None) -> DetectionModel:

@@ -75,7 +75,7 @@ def add_cli(subparsers: Any) -> None:
 def config_from_args(args: argparse.Namespace) -> ServeConfig:
     threads = args.threads
     if threads is None and args.workers > 1:
-        from .service import usable_cpus
+        from ...inference.cpus import usable_cpus
 
         threads = max(1, usable_cpus() // args.workers)
     return ServeConfig(model=args.model, backend=args.backend, device=args.device, threads=threads,

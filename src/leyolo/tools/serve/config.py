@@ -25,7 +25,7 @@ class ServeConfig:
     model: str = "leyolo-n"
     backend: str = "auto"
     device: str = "cpu"
-    threads: int | None = None  # runtime threads per process (None: the runtime's default)
+    threads: int | None = None  # runtime threads per process (None: the CPUs this process may use)
     imgsz: int | None = None  # default input size (None: the model's)
     conf: float = 0.25
     iou: float = 0.7
@@ -56,6 +56,9 @@ class ServeConfig:
         for name, value in positive.items():
             if value < 1:
                 raise LeyoloError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        if self.max_images > self.queue_size:
+            raise LeyoloError(f"--max-images ({self.max_images}) cannot exceed --queue-size ({self.queue_size}): "
+                              "such batch requests could never be queued")
         if self.max_wait_ms < 0:
             raise LeyoloError(f"--max-wait-ms must be >= 0, got {self.max_wait_ms}")
         if self.timeout_s <= 0 or self.max_body_mb <= 0:

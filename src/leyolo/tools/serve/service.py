@@ -25,7 +25,6 @@ import asyncio
 import functools
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from importlib import metadata
@@ -33,8 +32,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ...errors import LeyoloError
-from ...inference.backends import OnnxRuntimeBackend
+from ...errors import LeyoloError, first_line
+from ...inference.cpus import usable_cpus
 from ...inference.predictor import Predictor
 from ...ops import LetterboxInfo, check_imgsz, unletterbox_boxes
 from ...optional import require
@@ -48,14 +47,6 @@ log = logging.getLogger("leyolo.serve")
 
 PARAMS = ("conf", "iou", "imgsz", "max_det", "classes")
 MAX_PREDICTORS = 32  # distinct parameter sets kept (a predictor is cheap; the backend is shared)
-
-
-def usable_cpus() -> int:
-    """The CPUs this process may run on (its affinity mask where the OS has one)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return max(1, os.cpu_count() or 1)
 
 
 def _version() -> str:
@@ -122,11 +113,7 @@ class DetectionService:
         self.imgsz = check_imgsz(self.config.imgsz or meta.imgsz, meta.stride)
         c = self.config
         self.backend_name = self.detector.resolve_backend(c.backend, c.device)
-        if self.backend_name == "onnxruntime":
-            self._backend = OnnxRuntimeBackend(self.detector.onnx_file(self.imgsz), c.threads,
-                                               nms=meta.extra.get("nms"), spinning=c.spinning)
-        else:  # the detector's own cached backend
-            self._backend = self.detector.backend(c.backend, self.imgsz, c.device, c.threads)
+        self._backend = self.detector.backend(c.backend, self.imgsz, c.device, c.threads, spinning=c.spinning)
         predictor = self.predictor({})
         blob, _ = predictor.prepare(np.full((self.imgsz, self.imgsz, 3), meta.pad_value, np.uint8))
         for _ in range(2):  # first calls allocate and plan; keep them out of the first request
@@ -236,6 +223,8 @@ class DetectionService:
         except asyncio.TimeoutError:
             self.metrics.rejected.labels("timeout").inc(len(images))
             raise ApiError(504, f"not done within {self.config.timeout_s:g} s") from None
+        except LeyoloError as exc:  # the backend refused this input (e.g. outside an engine's shape profile)
+            raise ApiError(422, first_line(exc)) from None
         return await run(functools.partial(self._answers, prepared, results, predictor), limiter=self._limiter)
 
     def _submit(self, batcher: MicroBatcher, blobs: list[np.ndarray], n: int) -> list:
