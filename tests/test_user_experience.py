@@ -163,3 +163,20 @@ def test_live_sources_are_not_queued_ahead(monkeypatch):
     predictor = leyolo.load("leyolo-n").predictor(backend="torch", imgsz=64)
     results = list(predictor.stream(Live([Frame("cam0", np.zeros((64, 64, 3), np.uint8), frame=0)])))
     assert len(results) == 1 and results[0].frame == 0
+
+
+@needs_shared
+def test_default_onnx_export_reproduces_torch_on_coco_mini(tmp_path):
+    """The default export (dynamic shapes) letterboxes each image to its own rectangle, as torch does."""
+    nano = leyolo.load(NANO)
+    export = leyolo.load(nano.export(tmp_path / "nano.onnx"))
+    assert export.meta.extra["dynamic"] is True
+    files = sorted(VAL_IMAGES.glob("*.jpg"))
+    torch_results = nano.predict(files, backend="torch")
+    onnx_results = export.predict(files)
+    assert len(torch_results) == len(onnx_results) == 79
+    assert sum(len(r) for r in torch_results) > 200
+    for a, b in zip(torch_results, onnx_results):
+        assert len(a) == len(b), a.path
+        np.testing.assert_array_equal(a.boxes.cls, b.boxes.cls)
+        np.testing.assert_allclose(a.boxes.xyxy, b.boxes.xyxy, atol=1e-3)

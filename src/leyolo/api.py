@@ -246,7 +246,8 @@ class Detector:
                 yield entry if isinstance(entry, Frame) else next(iter_frames([entry]))
 
         results: list[Results] = []
-        for item in self.predictor(backend, device, threads, **config).stream(decoded()):
+        predictor = self.predictor(backend, device, threads, **config)
+        for item in predictor.stream(decoded(), prefetch=len(frames) > 1):  # one image: no thread to hand it to
             if isinstance(item, Frame):
                 raise LeyoloError(item.error or f"{item.path}: unreadable")
             item.path = item.path or None

@@ -294,7 +294,7 @@ class Trainer:
         current = math.ceil(done - 1e-9)  # epochs complete once the one under way ends
         after_current = cfg.time * 60 - self.elapsed() - (current - done) * per_epoch
         planned = max(cfg.min_epochs, current + max(round(after_current / per_epoch), 0))
-        if planned != self.epochs or not self.planned:
+        if not self.planned or abs(planned - self.epochs) >= max(2, 0.1 * self.epochs):  # not every small drift
             log.info("%s %d epochs (~%.0f s each) for the %g-minute budget", "planned" if not self.planned else
                      "re-planned:", planned, per_epoch, cfg.time)
         self.epochs, self.planned = planned, True
