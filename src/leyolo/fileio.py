@@ -1,4 +1,4 @@
-"""File writing that never leaves a half-written file or folder behind."""
+"""File writing that never leaves a half-written file or folder behind, and finding an export's files."""
 
 from __future__ import annotations
 
@@ -99,3 +99,23 @@ class PartialFile:
     def discard(self) -> None:
         self.handle.close()
         Path(self.partial).unlink(missing_ok=True)
+
+
+def model_file(path: str | Path, suffix: str, what: str) -> tuple[Path, Path]:
+    """(the ``suffix`` file, its ``.bin`` weights) of a two-file export given as its folder or that file.
+
+    OpenVINO (``.xml``) and NCNN (``.param``) both store a graph beside a ``.bin``; a missing or
+    ambiguous file is one ``LeyoloError`` line.
+    """
+    path = Path(path)
+    if path.is_dir():
+        found = sorted(path.glob(f"*{suffix}"))
+        if len(found) != 1:
+            raise LeyoloError(f"{path}: expected one {what} {suffix} in the folder, found {len(found)}")
+        path = found[0]
+    if path.suffix.lower() != suffix or not path.is_file():
+        raise LeyoloError(f"{path}: not {what} ({suffix})")
+    weights = path.with_suffix(".bin")
+    if not weights.is_file():
+        raise LeyoloError(f"{path}: weights file {weights.name} is missing")
+    return path, weights

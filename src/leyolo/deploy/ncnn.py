@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from ..errors import LeyoloError, first_line
-from ..fileio import atomic_dir
+from ..fileio import atomic_dir, model_file
 from ..models.base import DetectionModel
 from ..models.heads import DenseHead
 from ..optional import require
@@ -223,18 +223,7 @@ def export_ncnn(model: DetectionModel, path: str | Path, opts: ExportOptions) ->
 
 def ncnn_files(path: str | Path) -> tuple[Path, Path]:
     """(param, bin) of an NCNN export given as its folder or its ``.param``."""
-    path = Path(path)
-    if path.is_dir():
-        params = sorted(path.glob("*.param"))
-        if len(params) != 1:
-            raise LeyoloError(f"{path}: expected one NCNN .param in the folder, found {len(params)}")
-        path = params[0]
-    if path.suffix.lower() != ".param" or not path.is_file():
-        raise LeyoloError(f"{path}: not an NCNN model (.param)")
-    weights = path.with_suffix(".bin")
-    if not weights.is_file():
-        raise LeyoloError(f"{path}: weights file {weights.name} is missing")
-    return path, weights
+    return model_file(path, ".param", "an NCNN model")
 
 
 def is_ncnn_export(path: str | Path) -> bool:

@@ -95,7 +95,6 @@ def append_nms(proto: Any, nc: int, conf: float, iou: float, max_det: int, multi
     batch; a ``[B, rows]`` score matrix (-1 where the row belongs to another image) goes through
     TopK(max_det). ``max_det`` padding rows with score -1 keep TopK valid when fewer survive.
     """
-    from onnx import TensorProto
 
     graph = proto.graph
     if len(graph.output) != 1:
@@ -127,22 +126,24 @@ def append_nms(proto: Any, nc: int, conf: float, iou: float, max_det: int, multi
     part: Callable[[int], str] = lambda j: b.op("Gather", [picked, b.const([j], i64)], axis=2)  # noqa: E731 [B, K, 1]
     det_boxes = b.op("GatherND", [boxes, b.op("Concat", [part(0), part(2)], axis=2)])  # [B, K, 4]
     classes = b.op("Squeeze", [part(1), b.const([2], i64)])
+    _set_outputs(graph, b, valid, det_boxes, top_scores, classes, batch_dim, max_det)
+    return proto
+
+
+def _set_outputs(graph: Any, b: _GraphBuilder, valid: str, boxes: str, scores: str, classes: str, batch_dim: Any,
+                 max_det: int) -> None:
+    """The four end-to-end outputs from the top ``max_det`` rows (invalid rows zeroed), named and shaped."""
+    from onnx import TensorProto, helper
+
+    i64, f32 = np.int64, np.float32
     zero_f, zero_i = b.const(0.0, f32), b.const(0, i64)
     outputs = {
         "num_dets": b.op("Cast", [b.op("ReduceSum", [b.op("Cast", [valid], to=TensorProto.INT64), b.const([1], i64)],
                                        keepdims=1)], to=TensorProto.INT32),
-        "det_boxes": b.op("Where", [b.op("Unsqueeze", [valid, b.const([2], i64)]), det_boxes, zero_f]),
-        "det_scores": b.op("Where", [valid, top_scores, zero_f]),
+        "det_boxes": b.op("Where", [b.op("Unsqueeze", [valid, b.const([2], i64)]), boxes, zero_f]),
+        "det_scores": b.op("Where", [valid, scores, zero_f]),
         "det_classes": b.op("Cast", [b.op("Where", [valid, classes, zero_i])], to=TensorProto.INT32),
     }
-    _set_outputs(graph, outputs, batch_dim, max_det)
-    return proto
-
-
-def _set_outputs(graph: Any, outputs: dict[str, str], batch_dim: Any, max_det: int) -> None:
-    """Name the four end-to-end outputs and declare their shapes."""
-    from onnx import TensorProto, helper
-
     for name, tensor in outputs.items():
         graph.node.append(helper.make_node("Identity", [tensor], [name], name=f"nms/{name}"))
     shapes = {"num_dets": (TensorProto.INT32, [batch_dim, 1]),
@@ -185,13 +186,5 @@ def append_topk(proto: Any, nc: int, conf: float, max_det: int) -> Any:
     query = b.op("Min", [b.op("Div", [top_index, b.const(nc, i64)]), b.op("Sub", [n_query, b.const(1, i64)])])
     classes = b.op("Mod", [top_index, b.const(nc, i64)])
     det_boxes = b.op("GatherND", [boxes, b.op("Unsqueeze", [query, b.const([2], i64)])], batch_dims=1)  # [B, K, 4]
-    zero_f, zero_i = b.const(0.0, f32), b.const(0, i64)
-    outputs = {
-        "num_dets": b.op("Cast", [b.op("ReduceSum", [b.op("Cast", [valid], to=TensorProto.INT64), b.const([1], i64)],
-                                       keepdims=1)], to=TensorProto.INT32),
-        "det_boxes": b.op("Where", [b.op("Unsqueeze", [valid, b.const([2], i64)]), det_boxes, zero_f]),
-        "det_scores": b.op("Where", [valid, top_scores, zero_f]),
-        "det_classes": b.op("Cast", [b.op("Where", [valid, classes, zero_i])], to=TensorProto.INT32),
-    }
-    _set_outputs(graph, outputs, batch_dim, max_det)
+    _set_outputs(graph, b, valid, det_boxes, top_scores, classes, batch_dim, max_det)
     return proto

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ..errors import LeyoloError, first_line
+from ..fileio import model_file
 from ..models.base import DecodedModel, DetectionModel
 from ..ops import Detections
 from ..optional import require
@@ -247,17 +248,7 @@ class OnnxRuntimeBackend:
 
 def openvino_xml(path: str | Path) -> Path:
     """The IR file of an OpenVINO export given as its folder or its ``.xml``."""
-    path = Path(path)
-    if path.is_dir():
-        xmls = sorted(path.glob("*.xml"))
-        if len(xmls) != 1:
-            raise LeyoloError(f"{path}: expected one OpenVINO .xml in the folder, found {len(xmls)}")
-        path = xmls[0]
-    if path.suffix.lower() != ".xml" or not path.is_file():
-        raise LeyoloError(f"{path}: not an OpenVINO IR (.xml)")
-    if not path.with_suffix(".bin").is_file():
-        raise LeyoloError(f"{path}: weights file {path.with_suffix('.bin').name} is missing")
-    return path
+    return model_file(path, ".xml", "an OpenVINO IR")[0]
 
 
 def compile_openvino(model: str | Path, half: bool = False, threads: int | None = None) -> Any:
