@@ -338,7 +338,7 @@ class Detector:
     def export(self, path: str | Path | None = None, *, format: str | None = None, imgsz: int | None = None,
                dynamic: bool = True, half: bool = False, simplify: bool = False, nms: bool = False,
                conf: float = 0.25, iou: float = 0.7, max_det: int = 300, multi_label: bool = False,
-               int8: bool = False, data: str | Path | None = None) -> Path:
+               int8: bool = False, data: str | Path | None = None, sampling: str | None = None) -> Path:
         """Write an export (``onnx``, ``torchscript``, ``openvino``, ``ncnn``, ``engine``) atomically; returns its path.
 
         ``dynamic`` (the default) keeps batch, height and width symbolic, so each image is
@@ -354,12 +354,24 @@ class Detector:
         ``.torchscript`` / ``_openvino_model/`` / ``_ncnn_model/`` / ``.engine``.
 
         ``int8`` (``engine`` only) calibrates TensorRT INT8 on the train images of ``data`` (a
-        data.yaml); see ``leyolo.deploy.tensorrt``.
+        data.yaml); see ``leyolo.deploy.tensorrt``. ``sampling`` (Le-DETR): ``"gather"`` exports the
+        deformable attention without GridSample (same results).
         """
         return export_model(self._require_model("export"), path, format, imgsz=imgsz or self.meta.imgsz,
                             dynamic=dynamic, half=half, simplify=simplify, nms=nms, conf=conf, iou=iou,
                             max_det=max_det, multi_label=multi_label, int8=int8,
-                            data=str(data) if data is not None else None)
+                            data=str(data) if data is not None else None, sampling=sampling)
+
+    def set_decoder_layers(self, layers: int) -> None:
+        """Le-DETR: run the first ``layers`` decoder layers at inference (trained ones are all kept)."""
+        model = self._require_model("set the decoder depth of")
+        if not hasattr(model, "set_eval_layers"):
+            raise LeyoloError(f"{self.meta.arch} has no decoder layers to choose (a set predictor such as le-detr)")
+        try:
+            model.set_eval_layers(layers)
+        except ValueError as err:
+            raise LeyoloError(str(err)) from None
+        self._generation += 1  # cached exports of the old depth are stale
 
     def save(self, path: str | Path) -> Path:
         """Save in this library's format (safetensors + metadata), atomically."""

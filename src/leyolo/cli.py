@@ -65,8 +65,21 @@ class _DefaultsFormatter(argparse.HelpFormatter):
 
 def _add_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", "-m", required=True,
-                   help="registered name (leyolo-n, yolov12-s, ...), published .pt, .safetensors, or an export "
-                        "(.onnx, .torchscript, OpenVINO or NCNN folder, .engine)")
+                   help="registered name (leyolo-n, yolov12-s, le-detr-n, ...), published .pt, .safetensors, or an "
+                        "export (.onnx, .torchscript, OpenVINO or NCNN folder, .engine)")
+    p.add_argument("--decoder-layers", type=_positive_int,
+                   help="Le-DETR: decoder layers run at inference; fewer is faster (default: the model's, "
+                        "5 for le-detr-m, 6 for l/x: the paper's Table 4)")
+
+
+def _load(args: argparse.Namespace):
+    """``load(args.model)``, with ``--decoder-layers`` applied."""
+    from .api import load
+
+    detector = load(args.model)
+    if getattr(args, "decoder_layers", None):
+        detector.set_decoder_layers(args.decoder_layers)
+    return detector
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -136,6 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(cache written beside the engine)")
     p.add_argument("--data", type=Path, help="with --int8: the data.yaml whose train images calibrate INT8")
     p.add_argument("--simplify", action="store_true", help="simplify the graph with onnxslim (onnx, openvino)")
+    p.add_argument("--sampling", choices=["grid_sample", "gather"],
+                   help="Le-DETR: how deformable attention samples (default grid_sample: ONNX GridSample, opset 16+; "
+                        "gather: the same bilinear sampling without GridSample, for runtimes that lack it or get it "
+                        "wrong)")
     p.add_argument("--nms", action="store_true",
                    help="postprocess inside the graph (NMS, or top-k for set predictors); outputs num_dets, det_boxes, "
                         "det_scores, det_classes (onnx, openvino, triton)")
@@ -161,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-epochs", type=_positive_int, help="with --time: train at least this many epochs (default 1)")
     p.add_argument("--imgsz", type=_positive_int, default=640, help="training image size (multiple of 32)")
     p.add_argument("--batch", type=_positive_int, default=16, help="images per step, all processes together")
-    p.add_argument("--nbs", type=_positive_int, default=64, help="nominal batch reached by gradient accumulation")
+    p.add_argument("--nbs", type=_positive_int,
+                   help="nominal batch reached by gradient accumulation (recipe default: 64 YOLOs, none for DETRs)")
     # No argparse defaults for these two: --resume must tell "given" from "left out" (then the checkpoint's
     # value holds); a fresh run falls back to TrainConfig's defaults (2 workers, cpu).
     p.add_argument("--workers", type=int, default=argparse.SUPPRESS, help="data-loading processes (default: 2)")
@@ -176,11 +194,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="exp", help="run folder name (numbered if it exists)")
     p.add_argument("--exist-ok", action="store_true", help="reuse the run folder")
     p.add_argument("--recipe", default="auto", choices=["auto", "scratch", "finetune"],
-                   help="defaults for lr0/warm-up/mosaic: scratch for names, finetune for weights")
-    p.add_argument("--optimizer", default="SGD", choices=["SGD", "AdamW"])
+                   help="defaults for the optimizer, lr, warm-up and mosaic: scratch for names, finetune for weights, "
+                        "each in the model family's form (YOLOs: SGD lr0 0.01 / 0.001; Le-DETR: AdamW lr0 4e-4 / 1e-4, "
+                        "backbone at 0.5x, gradient clip 0.1, cosine)")
+    p.add_argument("--optimizer", choices=["SGD", "AdamW"], help="(recipe default: SGD YOLOs, AdamW DETRs)")
     p.add_argument("--lr0", type=float, help="initial learning rate (recipe default: 0.01 scratch, 0.001 finetune)")
-    p.add_argument("--lrf", type=float, default=0.01, help="final lr as a fraction of lr0")
-    p.add_argument("--cos-lr", action="store_true", help="cosine instead of linear decay")
+    p.add_argument("--lrf", type=float, help="final lr as a fraction of lr0 (recipe default: 0.01 YOLOs, 0.05 DETRs)")
+    p.add_argument("--cos-lr", action="store_true", default=None,
+                   help="cosine instead of linear decay (recipe default: linear YOLOs, cosine DETRs)")
+    p.add_argument("--backbone-lr", type=float, help="backbone lr as a fraction of lr0 (recipe default: 1 YOLOs, 0.5 DETRs)")
+    p.add_argument("--weight-decay", type=float, help="(recipe default: 5e-4 YOLOs, 1e-4 DETRs)")
+    p.add_argument("--grad-clip", type=float, help="gradient norm clip, 0 = off (recipe default: 10 YOLOs, 0.1 DETRs)")
     p.add_argument("--warmup-epochs", type=float, help="warm-up epochs (recipe default: 3 scratch, 0 finetune)")
     p.add_argument("--mosaic", type=float, help="mosaic probability (recipe default: 1.0 scratch, 0 finetune)")
     p.add_argument("--mixup", type=float, default=0.0, help="mixup probability")
@@ -191,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class-weights", choices=["median"], help="per-class loss weights from label frequencies")
     p.add_argument("--weighted-sampler", action="store_true", help="sample images by their rarest classes")
     p.add_argument("--teacher", help="trained model to distil from (same classes)")
+    p.add_argument("--backbone-weights",
+                   help="le-detr-n-ly: start its LeYOLO backbone from these LeYOLO-nano weights (e.g. the published "
+                        "COCO checkpoint); the rest starts from scratch")
     p.add_argument("--distill-ratio", type=float, default=1.0, help="weight of the distillation loss")
     p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm under DDP on GPUs")
     p.add_argument("--seed", type=int, default=0, help="seed of weights init, data order and augmentation")
@@ -249,7 +276,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     from .api import load
     from .models.summary import extra_gflops, layer_table
 
-    detector = load(args.model)
+    detector = _load(args)
     info = detector.info(args.imgsz)
     if detector.model is None:  # an export: what its metadata and file say
         if args.json:
@@ -279,7 +306,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .inference.live import open_source
     from .inference.writers import PredictionWriter
 
-    detector = load(args.model)
+    detector = _load(args)
     frames = open_source(args.source, vid_stride=args.vid_stride)  # files, videos, webcams, streams
     # imgsz None: the model's, or with --augment the recipe's 1.3x larger input
     stream = detector.predictor(
@@ -301,7 +328,7 @@ def cmd_val(args: argparse.Namespace) -> int:
     from .engine.evaluator import format_metrics
     from .inference.writers import next_free_dir
 
-    detector = load(args.model)
+    detector = _load(args)
     bar = None
 
     def progress(total: int):
@@ -335,10 +362,10 @@ def cmd_val(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from .api import load
 
-    detector = load(args.model)
+    detector = _load(args)
     path = detector.export(args.out, format=args.format, imgsz=args.imgsz, dynamic=args.dynamic, half=args.half,
                            simplify=args.simplify, nms=args.nms, conf=args.conf, iou=args.iou, max_det=args.max_det,
-                           multi_label=args.multi_label, int8=args.int8, data=args.data)
+                           multi_label=args.multi_label, int8=args.int8, data=args.data, sampling=args.sampling)
     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
     print(f"exported {path} ({size / 1e6:.2f} MB)")
     return 0
@@ -355,8 +382,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 TRAIN_FIELDS = ("epochs", "time", "min_epochs", "imgsz", "batch", "nbs", "workers", "device", "threads", "project",
-                "name", "exist_ok", "recipe", "optimizer", "lr0", "lrf", "cos_lr", "warmup_epochs", "mosaic", "mixup", "close_mosaic", "multi_scale",
-                "focal_gamma", "class_weights", "weighted_sampler", "teacher", "distill_ratio", "sync_bn", "seed")
+                "name", "exist_ok", "recipe", "optimizer", "lr0", "lrf", "cos_lr", "backbone_lr", "weight_decay", "grad_clip", "warmup_epochs", "mosaic", "mixup", "close_mosaic", "multi_scale",
+                "focal_gamma", "class_weights", "weighted_sampler", "teacher", "backbone_weights", "distill_ratio", "sync_bn", "seed")
 
 
 def _launch_distributed(args: argparse.Namespace) -> int:

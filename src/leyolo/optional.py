@@ -19,6 +19,7 @@ PACKAGES: dict[str, tuple[str, str]] = {
     "pnnx": ("pnnx", "ncnn"),
     "ncnn": ("ncnn", "ncnn"),
     "tensorrt": ("tensorrt", "tensorrt"),
+    "natten": ("natten", "natten"),
     "fastapi": ("fastapi", "serve"),
     "starlette": ("fastapi", "serve"),
     "anyio": ("fastapi", "serve"),

@@ -52,6 +52,7 @@ class ExportOptions:
     batch: int = 1  # engine: the largest batch of the optimisation profile
     int8: bool = False  # engine only: INT8 with entropy calibration on ``data``'s train images
     data: str | None = None  # engine --int8: the data.yaml to calibrate on
+    sampling: str | None = None  # Le-DETR deformable attention: grid_sample | gather (no GridSample op)
 
     def validate(self, fmt: str) -> "ExportOptions":
         if fmt not in FORMATS:
@@ -82,6 +83,8 @@ class ExportOptions:
             raise LeyoloError("--data is only used by --format engine --int8 (the calibration images)")
         if self.int8 and not self.data:
             raise LeyoloError("--int8 needs --data data.yaml: the engine is calibrated on its train images")
+        if self.sampling not in (None, "grid_sample", "gather"):
+            raise LeyoloError(f"--sampling must be grid_sample or gather, got {self.sampling!r}")
         if fmt == "engine" and self.nms:
             raise LeyoloError("--nms is not available for engine yet (export --format onnx --nms for TensorRT's "
                               "ONNX parser, or use the default decoded output)")
@@ -141,9 +144,11 @@ class HalfDecodedModel(torch.nn.Module):
         return self.model.decode(_to_float(self.model(x.half())))
 
 
-def decoded_graph(model: DetectionModel, half: bool = False) -> torch.nn.Module:
+def decoded_graph(model: DetectionModel, half: bool = False, sampling: str | None = None) -> torch.nn.Module:
     """A CPU, BatchNorm-folded, gradient-free ``DecodedModel`` copy (FP32, or FP16 trunk): what gets exported."""
     fused = copy.deepcopy(model).float().cpu().eval().fuse()
+    if sampling is not None and hasattr(fused, "set_sampling"):
+        fused.set_sampling(sampling)
     graph = (HalfDecodedModel(fused) if half else DecodedModel(fused)).eval()
     graph.requires_grad_(False)
     return graph

@@ -28,7 +28,7 @@ def onnx_proto(model: DetectionModel, opts: ExportOptions, tmp: str) -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            decoded_graph(model, opts.half), dummy, tmp, dynamo=False, opset_version=ONNX_OPSET, input_names=["images"],
+            decoded_graph(model, opts.half, opts.sampling), dummy, tmp, dynamo=False, opset_version=ONNX_OPSET, input_names=["images"],
             output_names=["output"], dynamic_axes=axes, do_constant_folding=True,
         )
     proto = onnx.load(tmp)

@@ -25,9 +25,9 @@ from .base import decoded_graph
 EXTRA_FILE = "leyolo.json"
 
 
-def trace_decoded(model: DetectionModel, imgsz: int) -> torch.jit.ScriptModule:
+def trace_decoded(model: DetectionModel, imgsz: int, sampling: str | None = None) -> torch.jit.ScriptModule:
     """Trace the CPU fp32 fused ``DecodedModel`` of ``model`` at ``imgsz``."""
-    graph = decoded_graph(model)
+    graph = decoded_graph(model, sampling=sampling)
     with warnings.catch_warnings():  # torch 2.13 marks jit.trace deprecated; it is still the portable archive
         warnings.simplefilter("ignore")
         with torch.no_grad():
@@ -37,7 +37,7 @@ def trace_decoded(model: DetectionModel, imgsz: int) -> torch.jit.ScriptModule:
 
 def export_torchscript(model: DetectionModel, path: str | Path, opts: Any, meta: dict[str, Any]) -> Path:
     """Write ``model`` as a TorchScript archive with ``meta`` in ``leyolo.json``, atomically."""
-    traced = trace_decoded(model, opts.imgsz)
+    traced = trace_decoded(model, opts.imgsz, opts.sampling)
     extra = {EXTRA_FILE: json.dumps(meta | {"dynamic": True})}
 
     def write(tmp: str) -> None:

@@ -2,7 +2,9 @@
 
 Fields left ``None`` are filled from a recipe: ``scratch`` for registered names (the
 published recipe) and ``finetune`` when training starts from weights (gentler: lower lr, no
-bias warm-up, mosaic off, which is how the authors fine-tuned).
+bias warm-up, mosaic off, which is how the authors fine-tuned). The model's registry entry
+names its recipe family (``ModelEntry.recipe``): YOLOs take the YOLOv8-style SGD recipe, DETRs
+(``detr``) an AdamW one; a value given on the command line always wins.
 """
 
 from __future__ import annotations
@@ -14,10 +16,22 @@ from ..data.transforms import AugmentConfig
 from ..errors import LeyoloError
 from ..ops import check_imgsz
 
+_YOLO = {"optimizer": "SGD", "momentum": 0.937, "weight_decay": 5e-4, "lrf": 0.01, "cos_lr": False, "nbs": 64,
+         "grad_clip": 10.0, "backbone_lr": 1.0}
+# DETRs (RT-DETR/D-FINE practice, LEDETR.md §5): AdamW, a slower backbone, tight gradient clipping,
+# no accumulation (the criterion averages over boxes), a short warm-up, cosine decay; mosaic helps
+# by giving each image more targets to match (DEIM's "dense one-to-one").
+_DETR = {"optimizer": "AdamW", "momentum": 0.9, "weight_decay": 1e-4, "lrf": 0.05, "cos_lr": True, "nbs": 0,
+         "grad_clip": 0.1, "backbone_lr": 0.5}
 RECIPES: dict[str, dict[str, Any]] = {
-    "scratch": {"lr0": 0.01, "warmup_epochs": 3.0, "warmup_bias_lr": 0.1, "mosaic": 1.0, "close_mosaic": 10},
-    "finetune": {"lr0": 0.001, "warmup_epochs": 0.0, "warmup_bias_lr": 0.0, "mosaic": 0.0, "close_mosaic": 0},
+    "scratch": {**_YOLO, "lr0": 0.01, "warmup_epochs": 3.0, "warmup_bias_lr": 0.1, "mosaic": 1.0, "close_mosaic": 10},
+    "finetune": {**_YOLO, "lr0": 0.001, "warmup_epochs": 0.0, "warmup_bias_lr": 0.0, "mosaic": 0.0, "close_mosaic": 0},
+    "detr-scratch": {**_DETR, "lr0": 4e-4, "warmup_epochs": 1.0, "warmup_bias_lr": 0.0, "mosaic": 1.0,
+                     "close_mosaic": 5},
+    "detr-finetune": {**_DETR, "lr0": 1e-4, "warmup_epochs": 0.0, "warmup_bias_lr": 0.0, "mosaic": 0.0,
+                      "close_mosaic": 0},
 }
+RECIPE_CHOICES = ("auto", "scratch", "finetune")  # "scratch"/"finetune" mean the model family's own
 
 
 @dataclass
@@ -36,32 +50,33 @@ class TrainConfig(AugmentConfig):
     min_epochs: int = 1  # with time: run at least this many epochs, even past the budget
     imgsz: int = 640
     batch: int = 16
-    nbs: int = 64  # nominal batch: gradients accumulate to about this many images per step
+    nbs: int | None = None  # recipe
     workers: int = 2
     device: str = "cpu"
     threads: int | None = None  # torch intra-op threads while training (None: torch's default)
     recipe: str = "auto"  # auto | scratch | finetune
-    optimizer: str = "SGD"
+    optimizer: str | None = None  # recipe
     lr0: float | None = None
-    lrf: float = 0.01
-    momentum: float = 0.937
-    weight_decay: float = 5e-4
+    lrf: float | None = None  # recipe
+    momentum: float | None = None  # recipe
+    weight_decay: float | None = None  # recipe
     warmup_epochs: float | None = None
     warmup_momentum: float = 0.8
     warmup_bias_lr: float | None = None
     min_warmup_iters: int = 100
-    cos_lr: bool = False
+    cos_lr: bool | None = None  # recipe
     box: float = 7.5
     cls: float = 0.5
     dfl: float = 1.5
     focal_gamma: float = 0.0
     focal_alpha: float = 0.25
+    backbone_lr: float | None = None  # recipe: the backbone's lr as a fraction of lr0 (DETRs 0.5)
     class_weights: str | None = None  # None | "median"
     weighted_sampler: bool = False
     mosaic: float | None = None  # type: ignore[assignment]
     close_mosaic: int | None = None
     multi_scale: float = 0.0  # 0 = off; 0.5 = random size in [0.5, 1.5] x imgsz per batch
-    grad_clip: float = 10.0
+    grad_clip: float | None = None  # recipe
     ema_decay: float = 0.9999
     amp: bool = True
     seed: int = 0
@@ -71,26 +86,31 @@ class TrainConfig(AugmentConfig):
     name: str = "exp"
     exist_ok: bool = False
     teacher: str | None = None
+    backbone_weights: str | None = None  # from scratch: start the backbone from these weights (model.init_backbone)
     distill_ratio: float = 1.0
     distill_temperature: float = 2.0
     val: bool = True
     plots: bool = True
     progress: bool = True  # a progress bar per epoch (stderr)
 
-    def resolved(self, pretrained: bool) -> "TrainConfig":
-        """A copy with recipe defaults filled in and values checked."""
+    def resolved(self, pretrained: bool, family: str = "yolo") -> "TrainConfig":
+        """A copy with the recipe's defaults filled in (``family``: the model entry's recipe family) and checked."""
         recipe = self.recipe if self.recipe != "auto" else ("finetune" if pretrained else "scratch")
+        if recipe in ("scratch", "finetune") and family != "yolo":
+            recipe = f"{family}-{recipe}"
         if recipe not in RECIPES:
-            raise LeyoloError(f"unknown recipe {self.recipe!r} (auto, scratch or finetune)")
+            raise LeyoloError(f"unknown recipe {self.recipe!r} ({', '.join(RECIPE_CHOICES)})")
         filled = {k: v for k, v in RECIPES[recipe].items() if getattr(self, k) is None}
         cfg = replace(self, recipe=recipe, **filled)
+        if not cfg.nbs:
+            cfg.nbs = cfg.batch  # no gradient accumulation
         cfg.check()
         return cfg
 
     def check(self) -> None:
         check_imgsz(self.imgsz)
         for name in ("epochs", "batch", "nbs", "min_epochs"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise LeyoloError(f"--{name} must be at least 1")
         if self.threads is not None and self.threads < 1:
             raise LeyoloError("--threads must be at least 1")

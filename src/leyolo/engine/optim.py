@@ -30,14 +30,31 @@ def parameter_groups(model: nn.Module) -> tuple[list, list, list]:
     return decay, norm, bias
 
 
-def build_optimizer(model: nn.Module, name: str, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
-    """SGD (Nesterov) or AdamW with three parameter groups; group 2 holds the biases (warm-up treats it apart)."""
-    decay, norm, bias = parameter_groups(model)
-    groups = [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": norm, "weight_decay": 0.0},
-        {"params": bias, "weight_decay": 0.0},
-    ]
+def build_optimizer(model: nn.Module, name: str, lr: float, momentum: float, weight_decay: float,
+                    backbone_lr: float | None = None) -> torch.optim.Optimizer:
+    """SGD (Nesterov) or AdamW with parameter groups by kind (decay, norm, bias: warm-up treats biases apart).
+
+    ``backbone_lr`` < 1 gives the model's ``backbone`` its own groups at that fraction of the lr
+    (``lr_scale``, which the trainer's schedule multiplies in): DETR practice for a backbone that
+    learns features while the decoder learns to match.
+    """
+    core = getattr(model, "module", model)  # DDP
+    backbone = getattr(core, "backbone", None)
+    parts: list[tuple[nn.Module, float, set[int]]] = []
+    skip: set[int] = set()
+    if backbone_lr not in (None, 1.0) and isinstance(backbone, nn.Module):
+        parts.append((backbone, float(backbone_lr), set()))
+        skip = {id(p) for p in backbone.parameters()}
+    parts.append((model, 1.0, skip))
+    groups = []
+    for module, scale, excluded in parts:
+        decay, norm, bias = (list(p for p in ps if id(p) not in excluded) for ps in parameter_groups(module))
+        groups += [
+            {"params": decay, "weight_decay": weight_decay, "kind": "decay", "lr_scale": scale},
+            {"params": norm, "weight_decay": 0.0, "kind": "norm", "lr_scale": scale},
+            {"params": bias, "weight_decay": 0.0, "kind": "bias", "lr_scale": scale},
+        ]
+    groups = [g for g in groups if g["params"]] or groups[:1]
     key = name.lower()
     if key == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=True)

@@ -32,7 +32,7 @@ from ..inference.backends import TorchBackend, torch_device
 from ..inference.predictor import Predictor
 from ..losses import build_criterion
 from ..models.base import DetectionModel
-from ..models.registry import create_model, list_models
+from ..models.registry import create_model, get_entry, list_models
 from ..weights.loading import load_model
 from .checkpoint import load_checkpoint, save_checkpoint, split_resume_state
 from .config import TrainConfig
@@ -44,6 +44,14 @@ from .validate import val_settings, validate
 log = logging.getLogger("leyolo")
 
 Callback = Callable[["Trainer"], None]
+
+
+def recipe_family(model: DetectionModel) -> str:
+    """The training-defaults family of the model's registry entry (``yolo`` for unregistered architectures)."""
+    try:
+        return get_entry(model.meta.arch).recipe
+    except LeyoloError:
+        return "yolo"
 
 
 def fitness(metrics: dict[str, Any]) -> float:
@@ -131,7 +139,8 @@ class Trainer:
             resume_tensors, resume_meta = load_checkpoint(Path(cfg.model))
         spec = load_data_yaml(cfg.data)
         scratch = self.initial_model is None and str(cfg.model) in list_models()
-        self.config = cfg = cfg.resolved(pretrained=not scratch)
+        cfg.check()
+        self.config = cfg
         self.device = self._setup_device()
         self._seed(cfg.seed + self.rank)  # before the model is built: its initial weights follow --seed
         if self.initial_model is not None:
@@ -140,6 +149,10 @@ class Trainer:
             model = create_model(str(cfg.model), nc=spec.nc, names=list(spec.names))
         else:
             model = load_model(cfg.model)
+        if cfg.backbone_weights and resume_tensors is None:
+            copied = model.init_backbone(load_model(cfg.backbone_weights))
+            log.info("backbone: %d tensors from %s", copied, cfg.backbone_weights)
+        self.config = cfg = cfg.resolved(pretrained=not scratch, family=recipe_family(model))
         self.spec = spec
         if list(model.names) != list(self.spec.names):
             if model.nc != self.spec.nc:
@@ -158,6 +171,7 @@ class Trainer:
         self.class_weights = class_weights
         weights = (torch.as_tensor(class_weights, dtype=torch.float32, device=self.device)
                    if cfg.class_weights else None)
+        self.train_targets = bool(getattr(model, "train_targets", False))  # DETR denoising queries
         self.criterion = build_criterion(unwrap(self.model), {**cfg.to_dict(), "class_weights": weights})
         self.teacher = None
         if cfg.teacher:
@@ -170,7 +184,8 @@ class Trainer:
         self.batch_size = max(cfg.batch // self.world_size, 1)
         self.accumulate = max(round(cfg.nbs / (self.batch_size * self.world_size)), 1)
         weight_decay = cfg.weight_decay * self.batch_size * self.world_size * self.accumulate / cfg.nbs
-        self.optimizer = build_optimizer(self.model, cfg.optimizer, cfg.lr0, cfg.momentum, weight_decay)
+        self.optimizer = build_optimizer(self.model, cfg.optimizer, cfg.lr0, cfg.momentum, weight_decay,
+                                         backbone_lr=cfg.backbone_lr)
         self.ema = ModelEMA(self.model, cfg.ema_decay)
         if resume_tensors is not None:
             self._restore(resume_tensors, resume_meta)
@@ -322,8 +337,8 @@ class Trainer:
     def _set_epoch_lr(self, epoch: float) -> None:
         factor = lr_lambda(self.epochs, self.config.lrf, self.config.cos_lr)(epoch)
         for group in self.optimizer.param_groups:
-            group["lr"] = self.config.lr0 * factor
-            group["initial_lr"] = self.config.lr0 * factor
+            group["lr"] = self.config.lr0 * factor * group.get("lr_scale", 1.0)
+            group["initial_lr"] = group["lr"]
 
     def train_one_epoch(self, epoch: int) -> dict[str, float]:
         from tqdm import tqdm
@@ -380,9 +395,9 @@ class Trainer:
         if ni >= self.warmup_iters:
             return self.accumulate
         target = lr_lambda(self.epochs, cfg.lrf, cfg.cos_lr)(epoch)
-        for j, group in enumerate(self.optimizer.param_groups):
-            start = cfg.warmup_bias_lr if j == 2 else 0.0
-            group["lr"] = warmup_value(ni, self.warmup_iters, start, cfg.lr0 * target)
+        for group in self.optimizer.param_groups:
+            start = cfg.warmup_bias_lr if group.get("kind") == "bias" else 0.0
+            group["lr"] = warmup_value(ni, self.warmup_iters, start, cfg.lr0 * target * group.get("lr_scale", 1.0))
             if "momentum" in group:
                 group["momentum"] = warmup_value(ni, self.warmup_iters, cfg.warmup_momentum, cfg.momentum)
         return max(round(warmup_value(ni, self.warmup_iters, 1, cfg.nbs / (self.batch_size * self.world_size))), 1)
@@ -410,7 +425,7 @@ class Trainer:
         targets = batch["targets"].to(self.device)
         images, targets = self._scaled_batch(images, targets)
         with torch.autocast(self.device.type, enabled=self.scaler.is_enabled()):
-            raw = self.model(images)
+            raw = self.model(images, targets) if self.train_targets else self.model(images)
             if self.teacher is None:
                 loss, items = self.criterion(raw, targets)
             else:
@@ -418,8 +433,8 @@ class Trainer:
                     teacher_raw = self.teacher(images)
                 loss, items = self.criterion(raw, targets, teacher_raw=teacher_raw, distill_ratio=cfg.distill_ratio,
                                              distill_temperature=cfg.distill_temperature)
-        if self.distributed:
-            loss = loss * self.world_size
+        if self.distributed and getattr(self.criterion, "batch_sum", True):
+            loss = loss * self.world_size  # DDP averages gradients; a batch-sum loss must stay a sum
         if not torch.isfinite(loss):
             raise LeyoloError("training diverged: the loss is not finite (try a lower --lr0)")
         self.scaler.scale(loss).backward()

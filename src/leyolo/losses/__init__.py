@@ -16,6 +16,7 @@ from ..models.registry import get_entry
 from .assigner import TaskAlignedAssigner
 from .boxes import bbox_iou, bbox_to_dist, dist_to_bbox
 from .criterion import YoloCriterion
+from .detr import DetrCriterion, HungarianMatcher, detr_criterion
 
 CriterionFactory = Callable[[DetectionModel, Mapping[str, Any]], Callable[..., Any]]
 
@@ -31,7 +32,7 @@ def yolo_criterion(model: DetectionModel, options: Mapping[str, Any]) -> YoloCri
                          class_weights=options.get("class_weights"))
 
 
-CRITERIA: dict[str, CriterionFactory] = {"yolo": yolo_criterion}
+CRITERIA: dict[str, CriterionFactory] = {"yolo": yolo_criterion, "detr": detr_criterion}
 
 
 def register_criterion(name: str, factory: CriterionFactory) -> None:
@@ -51,5 +52,5 @@ def build_criterion(model: DetectionModel, options: Mapping[str, Any] | None = N
     return CRITERIA[name](model, dict(options or {}))
 
 
-__all__ = ["CRITERIA", "TaskAlignedAssigner", "YoloCriterion", "bbox_iou", "bbox_to_dist", "build_criterion",
-           "dist_to_bbox", "register_criterion", "yolo_criterion"]
+__all__ = ["CRITERIA", "DetrCriterion", "HungarianMatcher", "TaskAlignedAssigner", "YoloCriterion", "bbox_iou",
+           "bbox_to_dist", "build_criterion", "detr_criterion", "dist_to_bbox", "register_criterion", "yolo_criterion"]

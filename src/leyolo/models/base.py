@@ -4,15 +4,18 @@ Everything outside ``models`` (predictor, exporter, evaluator, trainer) talks to
 ``DetectionModel`` only, so a family plugs in by meeting it, without a special case elsewhere:
 
 * ``forward(images)``: ``[B, 3, H, W]`` RGB in [0, 1] -> the family's *raw* output (a tensor or a
-  list/tuple/dict of tensors), the same in training and inference. Only the family's criterion
-  reads it.
+  list/tuple/dict of tensors). Only the family's criterion reads it. A family that builds queries
+  from the ground truth while training (DETR denoising) sets ``train_targets`` and is called as
+  ``forward(images, targets)`` by the trainer, targets as the criterion takes them.
 * ``decode(raw)`` -> ``[B, 4 + nc, N]``: xyxy boxes in input pixels, then sigmoid class scores.
   It is also the exported ONNX output, so one numpy postprocess serves every backend.
 * ``output_kind`` says what ``N`` is and what turns it into detections:
   ``"dense"``: one candidate per anchor point, many per object, class-aware NMS needed (YOLOs);
   ``"set"``: a fixed set of queries, one object each, top-k over queries x classes only (DETRs).
 * ``fuse()`` folds BatchNorm for inference, ``reset_classes(nc)`` re-heads for other labels,
-  ``fp32_modules()`` names what must stay fp32 in a half-precision export.
+  ``fp32_modules()`` names what must stay fp32 in a half-precision export,
+  ``unused_at_inference()`` what only training runs (decoder layers dropped at inference: parameter
+  counts leave them out, as the papers' tables do).
 
 The criterion and the postprocess live outside the model (``leyolo.losses``, ``leyolo.ops``).
 ``ModelEntry`` is how a family describes its scales to the registry.
@@ -59,6 +62,7 @@ class DetectionModel(nn.Module):
     """Base of every detector: the contract in the module docstring, apart from how a family is built."""
 
     output_kind: ClassVar[OutputKind] = "dense"
+    train_targets: ClassVar[bool] = False  # forward(images, targets) while training (module docstring)
 
     def __init__(self, meta: ModelMeta) -> None:
         super().__init__()
@@ -100,6 +104,14 @@ class DetectionModel(nn.Module):
 
     def fp32_modules(self) -> list[nn.Module]:
         """Modules a half-precision export keeps in fp32 (decoding arithmetic); none by default."""
+        return []
+
+    def init_backbone(self, source: "DetectionModel") -> int:
+        """Copy a trained model's backbone weights into this one (returns tensors copied); families that can say so."""
+        raise ValueError(f"{self.meta.arch} cannot start its backbone from another model's weights")
+
+    def unused_at_inference(self) -> list[nn.Module]:
+        """Modules only training runs (none by default)."""
         return []
 
     def forward_all(self, images: torch.Tensor) -> torch.Tensor:
@@ -147,7 +159,8 @@ class ModelEntry:
     """A registered model: its builder and the facts that travel with it.
 
     ``criterion`` names the loss in ``leyolo.losses.CRITERIA`` that trains it (the model layer
-    cannot import the losses, which sit above it).
+    cannot import the losses, which sit above it); ``recipe`` the family of training defaults
+    (``leyolo.engine.config.RECIPES``: ``yolo`` or ``detr``).
     """
 
     name: str
@@ -156,3 +169,4 @@ class ModelEntry:
     family: str
     description: str = ""
     criterion: str = "yolo"
+    recipe: str = "yolo"

@@ -99,5 +99,9 @@ def has_attention(model: nn.Module) -> bool:
     return any(isinstance(m, AreaAttention) for m in model.modules())
 
 
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+def count_params(model: nn.Module, inference: bool = True) -> int:
+    """Parameters; with ``inference``, without those of modules only training runs (``unused_at_inference``)."""
+    skip: set[int] = set()
+    if inference and isinstance(model, DetectionModel):
+        skip = {id(p) for m in model.unused_at_inference() for p in m.parameters()}
+    return sum(p.numel() for p in model.parameters() if id(p) not in skip)

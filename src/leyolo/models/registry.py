@@ -11,10 +11,10 @@ import difflib
 import fnmatch
 
 from ..errors import LeyoloError
-from . import leyolo, yolov12
+from . import ledetr, leyolo, yolov12
 from .base import DetectionModel, ModelEntry
 
-_BUILTIN: tuple[ModelEntry, ...] = (*leyolo.ENTRIES, *yolov12.ENTRIES)
+_BUILTIN: tuple[ModelEntry, ...] = (*leyolo.ENTRIES, *yolov12.ENTRIES, *ledetr.ENTRIES)
 _REGISTRY: dict[str, ModelEntry] = {entry.name: entry for entry in _BUILTIN}
 
 
