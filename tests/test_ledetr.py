@@ -179,3 +179,116 @@ def _by_query(out: np.ndarray) -> np.ndarray:
     cols = out[0]
     order = np.lexsort(np.round(cols[::-1], 2))
     return cols[:, order]
+
+
+def test_overfits_a_handful_of_images_to_near_perfect_map50(tmp_path):
+    """Matcher, denoising queries and every loss together: a micro Le-DETR learns 4 synthetic images.
+
+    A direct loop (no augmentation) on one batch, then COCO mAP50 of the eval-mode model on the same
+    images through the library's own evaluator. The weights move fast here, so BatchNorm's running
+    statistics (momentum 0.03-0.1) trail them: they are re-measured at the final weights, as the
+    low-lr last epochs of a real run let them settle.
+    """
+    from dataclasses import replace
+
+    from leyolo.data.dataset import DetectionDataset, collate
+    from leyolo.data.datasets import load_data_yaml
+    from leyolo.data.synthetic import generate_shapes_dataset
+    from leyolo.models.base import ModelEntry
+    from leyolo.models.ledetr import SCALES
+    from leyolo.models.registry import register_model, unregister_model
+
+    yaml_path = generate_shapes_dataset(tmp_path / "of", n_train=4, n_val=1, imgsz=128, seed=3, progress=False)
+    text = yaml_path.read_text().replace("val: images/val", "val: images/train")
+    yaml_path.write_text(text)
+    arch = replace(SCALES["n-ly"], hidden=64, encoder_heads=2, encoder_ffn=256, decoder_heads=4, decoder_ffn=256,
+                   decoder_layers=2, eval_layers=2, queries=30, denoising=20, points=(2, 2, 2))
+    name = "le-detr-test-micro"
+    register_model(ModelEntry(name, lambda nc=3, names=None: LeDETR(arch, nc=nc, names=names, name=name), 128,
+                              "le-detr", "test-only", criterion="detr", recipe="detr"))
+    try:
+        torch.manual_seed(0)
+        spec = load_data_yaml(yaml_path)
+        dataset = DetectionDataset(spec, "train", imgsz=128, augment=False)
+        batch = collate([dataset[i] for i in range(4)])
+        x, targets = batch["images"].float() / 255, batch["targets"]
+        model = create_model(name, nc=3, names=list(spec.names)).train()
+        criterion = build_criterion(model)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
+        steps = 150
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, 1e-3, total_steps=steps, pct_start=0.1)
+        first = None
+        for _ in range(steps):
+            loss, items = criterion(model(x, targets), targets)
+            first = first or {k: float(v) for k, v in items.items()}
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
+            optimizer.step()
+            schedule.step()
+        assert float(items["l1"]) < 0.3 * first["l1"] and float(items["dn"]) < first["dn"]
+        for module in model.modules():  # re-measure the statistics at the final weights
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.reset_running_stats()
+                module.momentum = None  # a cumulative average over the passes
+        with torch.no_grad():
+            model(x)
+        metrics = leyolo.Detector(model.eval()).val(str(yaml_path), imgsz=128, backend="torch")
+        assert metrics["detections"] > 0
+        assert metrics["mAP50"] > 0.9, metrics["mAP50"]
+    finally:
+        unregister_model(name)
+
+
+def _ort_run(path, x: torch.Tensor) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+
+
+@pytest.mark.parametrize("part", ["naifi", "natblock"])
+def test_naifi_and_efficientnat_block_export_to_onnx(tmp_path, part):
+    """The two neighbourhood-attention sites of Le-DETR, exported alone with dynamic sizes: onnxruntime
+    agrees with torch to 1e-4 at the export size and at another one (the window is built in-graph)."""
+    pytest.importorskip("onnxruntime")
+    from leyolo.models.detr_encoder import NAIFI
+    from leyolo.models.efficientnat import EfficientNATBlock
+
+    torch.manual_seed(0)
+    module = (NAIFI(64, 4, 128, kernel=15) if part == "naifi" else EfficientNATBlock(64, kernel=7)).eval()
+    x = torch.randn(1, 64, 8, 10)
+    path = tmp_path / f"{part}.onnx"
+    torch.onnx.export(module, x, str(path), dynamo=False, opset_version=17, input_names=["x"],
+                      dynamic_axes={"x": {0: "b", 2: "h", 3: "w"}})
+    for shape in ((1, 64, 8, 10), (2, 64, 12, 6)):
+        y = torch.randn(shape)
+        with torch.no_grad():
+            expected = module(y).numpy()
+        np.testing.assert_allclose(_ort_run(path, y), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_le_detr_m_exports_to_onnx_with_torch_detections(tmp_path):
+    pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    model = create("m", 80).eval()
+    path = leyolo.Detector(model).export(tmp_path / "m.onnx", imgsz=256)
+    x = torch.rand(1, 3, 256, 256)
+    with torch.no_grad():
+        expected = model.decode(model(x)).numpy()
+    np.testing.assert_allclose(_by_query(_ort_run(path, x)), _by_query(expected), atol=2e-3, rtol=1e-3)
+
+
+def test_predict_val_and_torchscript_through_the_public_api(tmp_path):
+    """A set predictor needs no special case: predict gives top-k detections, TorchScript equals torch."""
+    torch.manual_seed(0)
+    model = create("n", 3).eval()
+    detector = leyolo.Detector(model)
+    image = (np.random.default_rng(0).random((120, 200, 3)) * 255).astype(np.uint8)
+    result = detector.predict(image, imgsz=128, conf=0.0, backend="torch")[0]
+    assert 0 < len(result.boxes) <= 300
+    script = detector.export(tmp_path / "n.torchscript", imgsz=128)
+    traced = torch.jit.load(str(script))
+    x = torch.rand(1, 3, 128, 160)
+    with torch.no_grad():
+        assert torch.allclose(traced(x), model.decode(model(x)), atol=1e-4)

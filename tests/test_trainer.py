@@ -504,3 +504,34 @@ def test_time_run_logs_its_plan_and_runs_what_it_says(data, tmp_path, caplog):
     assert result["epochs"] == 3 == len(read_results(Path(result["save_dir"]) / "results.csv"))
     assert "planned 3 epochs" in text and "epochs planned from measured speed" in text
     assert "/100" not in text  # the default --epochs never shows up in a --time run
+
+
+def test_le_detr_trains_resumes_and_saves_with_its_own_recipe(data, tmp_path):
+    """The DETR family through the same trainer: its recipe (AdamW, backbone groups at 0.5x lr, clip 0.1,
+    no accumulation), targets passed to forward (denoising), a resume that restores the AdamW state,
+    and a checkpoint that reloads with its inference depth."""
+    seen = {}
+
+    def record(trainer: Trainer) -> None:
+        cfg = trainer.config
+        seen["recipe"] = (cfg.recipe, cfg.optimizer, cfg.grad_clip, trainer.accumulate)
+        seen["scales"] = sorted({g["lr_scale"] for g in trainer.optimizer.param_groups})
+
+    def stop(trainer: Trainer) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train("le-detr-n", str(data), epochs=2, project=str(tmp_path), name="d", plots=False,
+              callbacks={"before_train": [record], "after_epoch": [stop]}, **FAST)
+    assert seen["recipe"] == ("detr-scratch", "AdamW", 0.1, 1)
+    assert seen["scales"] == [0.5, 1.0]
+    run = tmp_path / "d"
+    rows = read_results(run / "results.csv")
+    assert rows[0]["train/l1"] > 0 and rows[0]["train/dn"] > 0  # matching and denoising losses both ran
+    result = train(resume=run)
+    assert result["epochs"] == 2 and [r["epoch"] for r in read_results(run / "results.csv")] == [1, 2]
+    detector = leyolo.load(result["best"])
+    assert detector.meta.kind == "set" and detector.names == NAMES
+    detector.set_decoder_layers(2)
+    detector.save(tmp_path / "two.safetensors")
+    assert leyolo.load(tmp_path / "two.safetensors").model.decoder.eval_layers == 2

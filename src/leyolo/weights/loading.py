@@ -89,4 +89,6 @@ def _native_model(path: Path) -> DetectionModel:
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in tensors.items()})
     model.meta.imgsz = int(meta.get("imgsz", model.meta.imgsz))
     model.meta.extra = dict(extra)
+    if "eval_layers" in extra and hasattr(model, "set_eval_layers"):  # a saved Le-DETR inference depth
+        model.set_eval_layers(int(extra["eval_layers"]))
     return model.eval()
