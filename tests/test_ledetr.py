@@ -90,7 +90,7 @@ def test_forward_backward_every_scale(scale):
     model.eval()
     with torch.no_grad():
         out = model.decode(model(x))
-    assert out.shape == (2, 4 + 3, 300)
+    assert out.shape == (2, 4 + 3, model.decoder.queries)
     assert torch.all((out[:, 4:] >= 0) & (out[:, 4:] <= 1))
 
 
@@ -130,12 +130,16 @@ def test_fuse_keeps_outputs():
             m.running_mean.uniform_(-0.2, 0.2)
             m.running_var.uniform_(0.5, 1.5)
     x = torch.rand(1, 3, 128, 128)
+    # compared before the query selection: an untrained model's near-tied encoder scores let fp32
+    # rounding pick a few other queries, while the fused convolutions are what is under test
     with torch.no_grad():
-        before = model.decode(model(x))
+        before = model.encoder(model.backbone(x))
         model.fuse()
-        after = model.decode(model(x))
+        after = model.encoder(model.backbone(x))
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
-    assert torch.allclose(before, after, atol=1e-3)
+    assert any(m.merged is not None for m in model.modules() if hasattr(m, "merged"))  # RepVGG branches merged
+    for a, b in zip(before, after):
+        torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
 
 
 def test_registered_with_its_criterion_and_recipe():

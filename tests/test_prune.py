@@ -343,3 +343,26 @@ def test_compensation_with_variance_ranking_beats_recalibration_alone(nano):
     before = Detector(old.eval()).val(DATA, imgsz=320)["mAP50-95"]
     after = Detector(model.eval()).val(DATA, imgsz=320)["mAP50-95"]
     assert after > before + 0.03, (before, after)
+
+
+@pytest.mark.parametrize("ratio", [0.1, 0.3])
+def test_concatenated_sources_keep_widths_of_8(ratio):
+    """A group whose channels are a concat of two convs' outputs (the neck: 32 + 64 -> 96) is rounded per
+    source: removing 8 of the 96 once took 3 and 5, leaving the residual streams at 29 and 59 channels."""
+    from leyolo.models.registry import create_model
+
+    model = create_model("leyolo-n", nc=3).eval()
+    consumer = model.layers[22].depthwise  # its 96 inputs: the neck's concat of a 32- and a 64-channel stream
+    assert consumer.conv.in_channels == 96
+    with torch.no_grad():  # make the 8 cheapest channels 3 of one source and 5 of the other
+        for c in (0, 1, 2, 91, 92, 93, 94, 95):
+            consumer.conv.weight[c] = 0
+            consumer.bn.weight[c] = 0
+    before = {n: m.out_channels for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    channel_prune(model, ratio, "l2", 8)
+    kept = {id(m) for m in head_outputs(model)}
+    widths = {n: m.out_channels for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and id(m) not in kept}
+    assert any(widths[n] < before[n] for n in widths)
+    assert all(w % 8 == 0 for w in widths.values()), {n: w for n, w in widths.items() if w % 8}
+    with torch.no_grad():
+        assert [m.shape[1] for m in model(torch.rand(1, 3, 64, 64))] == [64 + 3] * 3

@@ -200,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optimizer", choices=["SGD", "AdamW"], help="(recipe default: SGD YOLOs, AdamW DETRs)")
     p.add_argument("--lr0", type=float, help="initial learning rate (recipe default: 0.01 scratch, 0.001 finetune)")
     p.add_argument("--lrf", type=float, help="final lr as a fraction of lr0 (recipe default: 0.01 YOLOs, 0.05 DETRs)")
-    p.add_argument("--cos-lr", action="store_true", default=None,
+    p.add_argument("--cos-lr", action=argparse.BooleanOptionalAction, default=None,
                    help="cosine instead of linear decay (recipe default: linear YOLOs, cosine DETRs)")
     p.add_argument("--backbone-lr", type=float, help="backbone lr as a fraction of lr0 (recipe default: 1 YOLOs, 0.5 DETRs)")
     p.add_argument("--weight-decay", type=float, help="(recipe default: 5e-4 YOLOs, 1e-4 DETRs)")
@@ -213,6 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="random size per batch in [1-x, 1+x] x imgsz (multiple of 32); 0 = off")
     p.add_argument("--focal-gamma", type=float, default=0.0, help="focal loss gamma for classes (0 = plain BCE)")
     p.add_argument("--class-weights", choices=["median"], help="per-class loss weights from label frequencies")
+    p.add_argument("--detr-cls-loss", choices=["mal", "vfl"],
+                   help="Le-DETR classification loss: DEIM's matchability-aware (default) or varifocal")
     p.add_argument("--weighted-sampler", action="store_true", help="sample images by their rarest classes")
     p.add_argument("--teacher", help="trained model to distil from (same classes)")
     p.add_argument("--backbone-weights",
@@ -383,7 +385,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 TRAIN_FIELDS = ("epochs", "time", "min_epochs", "imgsz", "batch", "nbs", "workers", "device", "threads", "project",
                 "name", "exist_ok", "recipe", "optimizer", "lr0", "lrf", "cos_lr", "backbone_lr", "weight_decay", "grad_clip", "warmup_epochs", "mosaic", "mixup", "close_mosaic", "multi_scale",
-                "focal_gamma", "class_weights", "weighted_sampler", "teacher", "backbone_weights", "distill_ratio", "sync_bn", "seed")
+                "focal_gamma", "class_weights", "detr_cls_loss", "weighted_sampler", "teacher", "backbone_weights", "distill_ratio", "sync_bn", "seed")
 
 
 def _launch_distributed(args: argparse.Namespace) -> int:

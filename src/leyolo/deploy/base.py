@@ -147,7 +147,9 @@ class HalfDecodedModel(torch.nn.Module):
 def decoded_graph(model: DetectionModel, half: bool = False, sampling: str | None = None) -> torch.nn.Module:
     """A CPU, BatchNorm-folded, gradient-free ``DecodedModel`` copy (FP32, or FP16 trunk): what gets exported."""
     fused = copy.deepcopy(model).float().cpu().eval().fuse()
-    if sampling is not None and hasattr(fused, "set_sampling"):
+    if sampling is not None:
+        if not hasattr(fused, "set_sampling"):
+            raise LeyoloError(f"--sampling is for models with deformable attention (Le-DETR), not {model.meta.arch}")
         fused.set_sampling(sampling)
     graph = (HalfDecodedModel(fused) if half else DecodedModel(fused)).eval()
     graph.requires_grad_(False)

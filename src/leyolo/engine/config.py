@@ -72,6 +72,13 @@ class TrainConfig(AugmentConfig):
     focal_alpha: float = 0.25
     backbone_lr: float | None = None  # recipe: the backbone's lr as a fraction of lr0 (DETRs 0.5)
     class_weights: str | None = None  # None | "median"
+    # set predictors (Le-DETR, leyolo.losses.detr); None = the D-FINE/DEIM defaults (cls 1, l1 5, giou 2, fgl 0.15, ddf 1.5)
+    detr_cls_loss: str = "mal"  # mal (DEIM's matchability-aware loss) | vfl (varifocal)
+    detr_cls: float | None = None
+    detr_l1: float | None = None
+    detr_giou: float | None = None
+    detr_fgl: float | None = None
+    detr_ddf: float | None = None
     weighted_sampler: bool = False
     mosaic: float | None = None  # type: ignore[assignment]
     close_mosaic: int | None = None

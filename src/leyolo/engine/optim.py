@@ -42,6 +42,8 @@ def build_optimizer(model: nn.Module, name: str, lr: float, momentum: float, wei
     backbone = getattr(core, "backbone", None)
     parts: list[tuple[nn.Module, float, set[int]]] = []
     skip: set[int] = set()
+    if backbone_lr not in (None, 1.0) and not isinstance(backbone, nn.Module):
+        raise LeyoloError(f"{type(core).__name__} has no separate backbone: --backbone-lr applies to Le-DETR models")
     if backbone_lr not in (None, 1.0) and isinstance(backbone, nn.Module):
         parts.append((backbone, float(backbone_lr), set()))
         skip = {id(p) for p in backbone.parameters()}

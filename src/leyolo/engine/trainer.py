@@ -34,6 +34,7 @@ from ..losses import build_criterion
 from ..models.base import DetectionModel
 from ..models.registry import create_model, get_entry, list_models
 from ..weights.loading import load_model
+from ..weights.native import read_native_metadata
 from .checkpoint import load_checkpoint, save_checkpoint, split_resume_state
 from .config import TrainConfig
 from .ema import ModelEMA, unwrap
@@ -46,10 +47,17 @@ log = logging.getLogger("leyolo")
 Callback = Callable[["Trainer"], None]
 
 
-def recipe_family(model: DetectionModel) -> str:
-    """The training-defaults family of the model's registry entry (``yolo`` for unregistered architectures)."""
+def recipe_family(model: DetectionModel | str | Path) -> str:
+    """The training-defaults family of a model's registry entry: of a model, a registered name or a
+    ``.safetensors`` file's architecture (``yolo`` for anything else, e.g. the published ``.pt``)."""
+    arch = model.meta.arch if isinstance(model, DetectionModel) else str(model)
+    if not isinstance(model, DetectionModel) and str(model).endswith(".safetensors") and Path(model).is_file():
+        try:
+            arch = str(read_native_metadata(model).get("arch", ""))
+        except LeyoloError:
+            return "yolo"
     try:
-        return get_entry(model.meta.arch).recipe
+        return get_entry(arch).recipe
     except LeyoloError:
         return "yolo"
 
@@ -150,6 +158,9 @@ class Trainer:
         else:
             model = load_model(cfg.model)
         if cfg.backbone_weights and resume_tensors is None:
+            if not scratch:
+                raise LeyoloError("--backbone-weights starts a model trained from scratch (a registered name); "
+                                  f"{cfg.model} already has weights")
             copied = model.init_backbone(load_model(cfg.backbone_weights))
             log.info("backbone: %d tensors from %s", copied, cfg.backbone_weights)
         self.config = cfg = cfg.resolved(pretrained=not scratch, family=recipe_family(model))
@@ -395,8 +406,9 @@ class Trainer:
         if ni >= self.warmup_iters:
             return self.accumulate
         target = lr_lambda(self.epochs, cfg.lrf, cfg.cos_lr)(epoch)
-        for group in self.optimizer.param_groups:
-            start = cfg.warmup_bias_lr if group.get("kind") == "bias" else 0.0
+        for j, group in enumerate(self.optimizer.param_groups):
+            kind = group.get("kind") or ("bias" if j == 2 else "")  # states saved before groups had kinds
+            start = cfg.warmup_bias_lr if kind == "bias" else 0.0
             group["lr"] = warmup_value(ni, self.warmup_iters, start, cfg.lr0 * target * group.get("lr_scale", 1.0))
             if "momentum" in group:
                 group["momentum"] = warmup_value(ni, self.warmup_iters, cfg.warmup_momentum, cfg.momentum)

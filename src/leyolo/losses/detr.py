@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import LeyoloError
-from ..models.detr_boxes import box_to_distance, cxcywh_to_xyxy, weighting_function, xyxy_to_cxcywh
+from ..models.detr_boxes import box_to_distance, cxcywh_to_xyxy, split_targets, weighting_function
 
 Matches = list[tuple[Tensor, Tensor]]  # per image: (query indices, gt indices)
 Pairs = tuple[Tensor, Tensor, Tensor, Tensor]  # matched (batch idx, query idx, gt class, gt cxcywh), flattened
@@ -218,18 +218,6 @@ class DetrCriterion:
     # -- pieces ---------------------------------------------------------------------------------
 
     @staticmethod
-    def split_targets(targets: Tensor, batch: int, scale: Tensor) -> tuple[list[Tensor], list[Tensor]]:
-        """``[M, 6]`` (image, class, xyxy pixels) -> per image labels ``[n]`` and normalised cxcywh ``[n, 4]``."""
-        targets = targets.detach().float()
-        image = targets[:, 0].long()
-        labels, boxes = [], []
-        for i in range(batch):
-            rows = targets[image == i]
-            labels.append(rows[:, 1].long())
-            boxes.append(xyxy_to_cxcywh((rows[:, 2:6] / scale.float()).clamp(0, 1)))
-        return labels, boxes
-
-    @staticmethod
     def _gather(matches: Matches, labels: list[Tensor], boxes: list[Tensor]) -> Pairs:
         """(batch idx, query idx, gt labels, gt cxcywh) of all matched pairs, flattened over images."""
         b = torch.cat([torch.full_like(q, i) for i, (q, _) in enumerate(matches)])
@@ -323,7 +311,7 @@ class DetrCriterion:
         logits = raw["logits"]
         bsz, nq = logits.shape[:2]
         device = logits.device
-        labels, gt_boxes = self.split_targets(targets.to(device), bsz, raw["scale"].to(device))
+        labels, gt_boxes = split_targets(targets.to(device), bsz, raw["scale"].to(device))
         num_boxes = _mean_over_ranks(sum(len(t) for t in labels), device)
         layers = list(raw.get("layers") or [{"logits": raw["logits"], "boxes": raw["boxes"]}])
         passes = [("layer", i, out) for i, out in enumerate(layers)]

@@ -97,3 +97,19 @@ def box_to_distance(points: Tensor, xyxy: Tensor, reg_scale: Tensor) -> Tensor:
 
 __all__ = ["box_to_distance", "cxcywh_to_xyxy", "distance_to_box", "distribution_to_distance", "inverse_sigmoid",
            "weighting_function", "xyxy_to_cxcywh"]
+
+
+def split_targets(targets: Tensor, batch: int, scale: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+    """``[M, 6]`` (image, class, x1, y1, x2, y2 pixels) -> per image labels ``[n]`` and normalised cxcywh ``[n, 4]``.
+
+    The trainer's target layout, as both the decoder (denoising queries) and the criterion read it;
+    corners are clipped to the image before the conversion.
+    """
+    targets = targets.detach().float()
+    image = targets[:, 0].long()
+    labels, boxes = [], []
+    for i in range(batch):
+        rows = targets[image == i]
+        labels.append(rows[:, 1].long())
+        boxes.append(xyxy_to_cxcywh((rows[:, 2:6] / scale.float()).clamp(0, 1)))
+    return labels, boxes

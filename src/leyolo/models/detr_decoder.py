@@ -60,6 +60,7 @@ def bilinear_gather(value: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     corners contribute zero, as grid_sample's zero padding.
     """
     n, c, h, w = value.shape
+    grid = grid.float()  # positions and indices in fp32: fp16 counts exactly only to 2048 (an 80x80 map has 6400)
     x = (grid[..., 0] + 1) * w / 2 - 0.5
     y = (grid[..., 1] + 1) * h / 2 - 0.5
     x0, y0 = torch.floor(x), torch.floor(y)
@@ -70,9 +71,9 @@ def bilinear_gather(value: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
             xi, yi = x0 + dx, y0 + dy
             weight = (1 - (x - xi).abs()) * (1 - (y - yi).abs())
             inside = (xi >= 0) & (xi <= w - 1) & (yi >= 0) & (yi <= h - 1)
-            index = (yi.clamp(0, h - 1) * w + xi.clamp(0, w - 1)).long().flatten(1)  # [N, Q*P]
+            index = (yi.clamp(0, h - 1).long() * w + xi.clamp(0, w - 1).long()).flatten(1)  # [N, Q*P]
             sampled = flat.gather(2, index[:, None].expand(n, c, index.shape[1]))
-            out = out + sampled * (weight * inside).flatten(1)[:, None]
+            out = out + sampled * (weight * inside).flatten(1)[:, None].to(value.dtype)
     return out.view(n, c, grid.shape[1], grid.shape[2])
 
 
@@ -249,6 +250,16 @@ class DetrDecoder(nn.Module):
             unused.append(self.denoising_class_embed)
         return unused
 
+    def _query_count(self, tokens: Any) -> int:
+        """``queries``, or every token of an input too small to hold that many (eager only: an export
+        keeps ``queries`` fixed, so exported graphs need inputs with at least that many tokens)."""
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            if int(tokens) < self.queries:
+                raise ValueError(f"export at a larger size: the input has {int(tokens)} tokens, fewer than the "
+                                 f"{self.queries} queries")
+            return self.queries
+        return min(self.queries, int(tokens))
+
     def anchors(self, shapes: list[tuple[Any, Any]], like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Grid anchors in logit space ``[1, N, 4]`` (size 0.05 * 2^level) and the valid mask ``[1, N, 1]``."""
         out = []
@@ -275,7 +286,7 @@ class DetrDecoder(nn.Module):
         anchors, valid = self.anchors(shapes, memory)
         selected = self.enc_output(memory * valid.to(memory.dtype))
         enc_logits = self.enc_score_head(selected)
-        k = min(self.queries, memory.shape[1])
+        k = self._query_count(memory.shape[1])
         index = enc_logits.max(-1).values.topk(k, dim=1).indices  # [B, k]
         top_memory = selected.gather(1, index[..., None].expand(b, k, self.dim))
         top_anchors = anchors.expand(b, -1, -1).gather(1, index[..., None].expand(b, k, 4))
@@ -290,6 +301,8 @@ class DetrDecoder(nn.Module):
             dn = denoising_queries(targets[0], targets[1], self.nc, k, self.denoising_class_embed,
                                    self.num_denoising, self.label_noise, self.box_noise)
         mask = None
+        if self.training and dn is None and self.denoising_class_embed is not None:
+            content = content + 0.0 * self.denoising_class_embed.weight.sum()  # DDP: every parameter gets a gradient
         if dn is not None:
             content = torch.cat((dn.embed, content), 1)
             ref_unact = torch.cat((dn.boxes, ref_unact), 1)

@@ -23,7 +23,7 @@ from torch import nn
 
 from ..coco import COCO_NAMES
 from .base import DetectionModel, ModelEntry, ModelMeta, pixel_scale
-from .detr_boxes import cxcywh_to_xyxy, xyxy_to_cxcywh
+from .detr_boxes import cxcywh_to_xyxy, split_targets
 from .detr_decoder import DeformableAttention, DetrDecoder
 from .detr_encoder import HybridEncoder, RepVGGBlock
 from .efficientnat import EfficientNAT, EfficientNATArch
@@ -40,6 +40,7 @@ class LeDetrArch:
     encoder_ffn: int = 1024  # [P]
     naifi_kernel: int = 63  # [P] Table 6
     naifi_attention: str = "na1d"  # na1d [I, D] | na2d | global (= AIFI)
+    naifi_kernel_2d: int = 7  # the window of the na2d form ([D] tried 7, 11, 15)
     fusion: str = "csp"  # csp: RT-DETR's CSPRepLayer [P "RepVGG-C3", D] | elan: D-FINE's RepNCSPELAN4 [R]
     fusion_expansion: float = 1.0  # CSP width [R]
     fusion_depth: float = 1.0  # RepVGG blocks per CSP = round(3 * this) [R]
@@ -100,7 +101,8 @@ class LeDETR(DetectionModel):
             self.backbone, channels = leyolo_backbone()
         else:
             raise ValueError(f"unknown Le-DETR backbone {arch.backbone!r} (efficientnat or leyolo)")
-        self.encoder = HybridEncoder(channels, arch.hidden, arch.encoder_heads, arch.encoder_ffn, arch.naifi_kernel,
+        kernel = arch.naifi_kernel_2d if arch.naifi_attention == "na2d" else arch.naifi_kernel
+        self.encoder = HybridEncoder(channels, arch.hidden, arch.encoder_heads, arch.encoder_ffn, kernel,
                                      arch.naifi_attention, arch.fusion_expansion, arch.fusion_depth,
                                      arch.attention_backend, arch.fusion)
         self.decoder = DetrDecoder(nc, arch.hidden, arch.decoder_heads, arch.decoder_ffn, arch.decoder_layers,
@@ -166,17 +168,6 @@ class LeDETR(DetectionModel):
             raise ValueError(f"{self.meta.arch}: decoder layers at inference must be in [1, {len(self.decoder.layers)}]")
         self.decoder.eval_layers = int(layers)
         self.meta.extra["eval_layers"] = int(layers)
-
-
-def split_targets(targets: torch.Tensor, batch: int, scale: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """``[M, 6]`` (image, class, x1, y1, x2, y2 pixels) -> per-image labels and normalised cxcywh boxes."""
-    index = targets[:, 0].long()
-    labels, boxes = [], []
-    for i in range(batch):
-        rows = targets[index == i]
-        labels.append(rows[:, 1].long())
-        boxes.append(xyxy_to_cxcywh(rows[:, 2:6] / scale).clamp(0, 1))
-    return labels, boxes
 
 
 _PAPER = LeDetrArch()

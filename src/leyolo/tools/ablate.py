@@ -142,6 +142,7 @@ def parse_vary(items: Sequence[str]) -> dict[str, list[Any]]:
 
 def _resolved(config: dict[str, Any], where: str) -> TrainConfig:
     """Resolve a configuration as the trainer will (recipe defaults, value checks), or a one-line error."""
+    from ..engine.trainer import recipe_family
     from ..models.registry import list_models
 
     model = str(config.get("model", "leyolo-n"))
@@ -149,7 +150,7 @@ def _resolved(config: dict[str, Any], where: str) -> TrainConfig:
         raise LeyoloError(f"{where}: model {model!r} is neither a registered name ({', '.join(list_models())}) "
                           f"nor a weights file")
     try:
-        return TrainConfig(**config).resolved(pretrained=Path(model).exists())
+        return TrainConfig(**config).resolved(pretrained=Path(model).exists(), family=recipe_family(model))
     except (TypeError, ValueError) as exc:
         raise LeyoloError(f"{where}: invalid value ({exc})") from None
 

@@ -318,6 +318,59 @@ def compensate(group: Any, means: dict[nn.Conv2d, torch.Tensor], norms: dict[nn.
     return adjusted
 
 
+def round_segments(pruner: Any, group: Any, round_to: int) -> Any:
+    """``group`` with each concatenated input's share of the removed channels rounded to a multiple of ``round_to``.
+
+    torch-pruning rounds the width of the group's root; when the root's channels are a concat of
+    several convs' outputs (LeYOLO's neck: 32 + 64 -> 96), removing 8 of the 96 can take 3 from one
+    source and 5 from the other, leaving widths of 29 and 59. Each source's count is rounded to the
+    nearest multiple (at least one block kept), its least important channels chosen, as for the root.
+    """
+    dep0, idxs0 = group[0]
+    module, fn = dep0.target.module, dep0.handler
+    channels = (pruner.DG.get_out_channels if pruner.DG.is_out_channel_pruning_fn(fn)
+                else pruner.DG.get_in_channels)(module)
+    if not idxs0 or not channels:
+        return group
+    uneven = False  # cheap test first: does any conv lose a count of channels off the grid?
+    for item in group:
+        roots = getattr(item, "root_idxs", None)
+        if (isinstance(item.dep.target.module, nn.Conv2d) and pruner.DG.is_out_channel_pruning_fn(item.dep.handler)
+                and roots is not None and len(set(roots)) % round_to):
+            uneven = True
+            break
+    if not uneven:
+        return group
+    full = pruner.DG.get_pruning_group(module, fn, list(range(channels)))
+    segments: list[list[int]] = []
+    for item in full:
+        target, roots = item.dep.target.module, getattr(item, "root_idxs", None)
+        if (not isinstance(target, nn.Conv2d) or not pruner.DG.is_out_channel_pruning_fn(item.dep.handler)
+                or roots is None or any(r is None for r in roots)):
+            continue
+        seg = sorted(set(int(r) for r in roots))
+        if 0 < len(seg) < channels and seg not in segments:
+            segments.append(seg)
+    if len(segments) < 2 or any(set(a) & set(b) for i, a in enumerate(segments) for b in segments[i + 1:]):
+        return group  # not a plain concat of disjoint sources
+    removed = set(int(i) for i in idxs0)
+    if all(len(removed & set(seg)) % round_to == 0 for seg in segments):
+        return group
+    imp = pruner.estimate_importance(full)
+    if imp is None or len(imp) != channels:
+        return group
+    chosen = removed - set().union(*map(set, segments))
+    for seg in segments:
+        k = len(removed & set(seg))
+        keep = max(round_to, round((len(seg) - k) / round_to) * round_to) if k else len(seg)
+        n = max(len(seg) - keep, 0)
+        order = sorted(seg, key=lambda c: float(imp[c]))
+        chosen |= set(order[:n])
+    if not chosen:
+        return pruner.DG.get_pruning_group(module, fn, [])
+    return pruner.DG.get_pruning_group(module, fn, sorted(chosen))
+
+
 def channel_prune(model: nn.Module, ratio: float = 0.3, importance: str = "l2", round_to: int | None = 8, *,
                   ratios: Mapping[str, float] | None = None, stats: InputStats | None = None,
                   compensate_bias: bool = True) -> nn.Module:
@@ -337,6 +390,8 @@ def channel_prune(model: nn.Module, ratio: float = 0.3, importance: str = "l2", 
         norms = following_norms(model)
         means = {conv: m.clone() for conv, m in stats.mean.items()} if stats is not None and compensate_bias else None
         for group in pruner.step(interactive=True):
+            if round_to:
+                group = round_segments(pruner, group, round_to)
             if means is not None:
                 compensate(group, means, norms, pruner.DG.is_in_channel_pruning_fn)
             group.prune()
