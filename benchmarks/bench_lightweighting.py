@@ -202,8 +202,13 @@ def main() -> int:
     parser.add_argument("--finetune-epochs", type=int, default=15)
     parser.add_argument("--oneshot-ratio", type=float, help="prune missing pruned rows one-shot at this ratio")
     parser.add_argument("--skip-training", help="reason the training rows are not run (they become notes)")
+    parser.add_argument("--combined-label", default="all combined (distilled, pruned, INT8)",
+                        help="name of the combined row (e.g. when --combined is the baseline's pruned model, whose "
+                             "fine-tune is itself distilled)")
     parser.add_argument("--combined-tta", choices=["auto", "yes", "no"], default="auto",
                         help="add the fp32 combined model with TTA (auto: when TTA helped the baseline)")
+    parser.add_argument("--extra", action="append", default=[], metavar="LABEL=WEIGHTS",
+                        help="more fp32 rows, e.g. a baseline retrained beside the other training rows (repeatable)")
     parser.add_argument("--calib-images", type=int, default=64, help="INT8 calibration images (train split)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--workers", type=int, default=1)
@@ -239,11 +244,16 @@ def main() -> int:
             study.row("+ multi-scale training", multiscale, missing=skip),
             study.row("+ TTA", baseline, tta=True),
             study.row("+ pruning", pruned, note=pruned_note or ("given checkpoint" if args.pruned else "")),
-            study.row("all combined (distilled, pruned, INT8)", combined, int8=True, note=combined_note,
+            study.row(args.combined_label, combined, int8=True, note=combined_note,
                       missing=skip if args.skip_training else "not run: needs --combined or a distilled row to prune")]
-    tta_helped = (rows[4].get("mAP50-95") or 0) > (rows[0].get("mAP50-95") or 0)
+    for item in args.extra:
+        label, _, path = item.partition("=")
+        rows.insert(1, study.row(label, Path(path), note="reference"))
+    tta = next(r for r in rows if r["row"] == "+ TTA")
+    tta_helped = (tta.get("mAP50-95") or 0) > (rows[0].get("mAP50-95") or 0)
     if combined is not None and (args.combined_tta == "yes" or (args.combined_tta == "auto" and tta_helped)):
-        rows.append(study.row("all combined, fp32 + TTA", combined, tta=True, note=combined_note))
+        rows.append(study.row(args.combined_label.replace("INT8", "fp32 + TTA"), combined, tta=True,
+                              note=combined_note))
     study.time_rows(rows)
     header = (f"# lightweighting study\n\ndata: {args.data}; imgsz {args.imgsz}; onnxruntime {args.threads} thread(s), "
               f"1 image, fastest of {args.passes} interleaved medians of {args.runs}; machine: "

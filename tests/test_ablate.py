@@ -40,7 +40,7 @@ def test_plan_is_one_at_a_time_and_skips_the_baseline_value():
 
 
 @pytest.mark.parametrize("items, message", [
-    (["nope=1,2"], "valid keys: amp, batch, box"),
+    (["nope=1,2"], "valid keys: amp, backbone_lr, backbone_weights, batch, box"),
     (["data=a.yaml"], "set by the ablation"),
     (["mosaic"], "key=value1,value2"),
     (["lr0=abc"], "expects a number"),

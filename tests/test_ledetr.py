@@ -185,7 +185,8 @@ def _by_query(out: np.ndarray) -> np.ndarray:
     return cols[:, order]
 
 
-def test_overfits_a_handful_of_images_to_near_perfect_map50(tmp_path):
+@pytest.fixture(scope="module")
+def overfit(tmp_path_factory):
     """Matcher, denoising queries and every loss together: a micro Le-DETR learns 4 synthetic images.
 
     A direct loop (no augmentation) on one batch, then COCO mAP50 of the eval-mode model on the same
@@ -202,7 +203,7 @@ def test_overfits_a_handful_of_images_to_near_perfect_map50(tmp_path):
     from leyolo.models.ledetr import SCALES
     from leyolo.models.registry import register_model, unregister_model
 
-    yaml_path = generate_shapes_dataset(tmp_path / "of", n_train=4, n_val=1, imgsz=128, seed=3, progress=False)
+    yaml_path = generate_shapes_dataset(tmp_path_factory.mktemp("of"), n_train=4, n_val=1, imgsz=128, seed=3, progress=False)
     text = yaml_path.read_text().replace("val: images/val", "val: images/train")
     yaml_path.write_text(text)
     arch = replace(SCALES["n-ly"], hidden=64, encoder_heads=2, encoder_ffn=256, decoder_heads=4, decoder_ffn=256,
@@ -230,18 +231,43 @@ def test_overfits_a_handful_of_images_to_near_perfect_map50(tmp_path):
             torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
             optimizer.step()
             schedule.step()
-        assert float(items["l1"]) < 0.3 * first["l1"] and float(items["dn"]) < first["dn"]
+        losses = (first, {k: float(v) for k, v in items.items()})
         for module in model.modules():  # re-measure the statistics at the final weights
             if isinstance(module, torch.nn.BatchNorm2d):
                 module.reset_running_stats()
                 module.momentum = None  # a cumulative average over the passes
         with torch.no_grad():
             model(x)
-        metrics = leyolo.Detector(model.eval()).val(str(yaml_path), imgsz=128, backend="torch")
-        assert metrics["detections"] > 0
-        assert metrics["mAP50"] > 0.9, metrics["mAP50"]
+        yield model.eval(), yaml_path, losses
     finally:
         unregister_model(name)
+
+
+def test_overfits_a_handful_of_images_to_near_perfect_map50(overfit):
+    model, yaml_path, (first, last) = overfit
+    assert last["l1"] < 0.3 * first["l1"] and last["dn"] < first["dn"]
+    metrics = leyolo.Detector(model).val(str(yaml_path), imgsz=128, backend="torch")
+    assert metrics["detections"] > 0
+    assert metrics["mAP50"] > 0.9, metrics["mAP50"]
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_exported_detections_equal_torch_on_a_trained_model(overfit, backend, tmp_path):
+    """The trained micro model (distinct scores: no near-ties to reorder the top-k): the same boxes,
+    classes and scores from torch, onnxruntime and OpenVINO."""
+    pytest.importorskip(backend)
+    model, yaml_path, _ = overfit
+    images = sorted((yaml_path.parent / "images" / "train").glob("*"))
+    detector = leyolo.Detector(model)
+    out = tmp_path / ("m.onnx" if backend == "onnxruntime" else "m_openvino_model")
+    exported = leyolo.load(detector.export(out, imgsz=128))
+    for image in images:
+        want = detector.predict(str(image), imgsz=128, conf=0.25, backend="torch")[0].boxes
+        got = exported.predict(str(image), imgsz=128, conf=0.25)[0].boxes
+        assert len(want) > 0 and len(got) == len(want)
+        np.testing.assert_allclose(got.xyxy, want.xyxy, atol=0.5)
+        np.testing.assert_allclose(got.conf, want.conf, atol=2e-3)
+        assert got.cls.tolist() == want.cls.tolist()
 
 
 def _ort_run(path, x: torch.Tensor) -> np.ndarray:
