@@ -322,3 +322,18 @@ def test_predict_val_and_torchscript_through_the_public_api(tmp_path):
     x = torch.rand(1, 3, 128, 160)
     with torch.no_grad():
         assert torch.allclose(traced(x), model.decode(model(x)), atol=1e-4)
+
+
+def test_an_export_takes_inputs_with_fewer_tokens_than_queries(tmp_path):
+    """64 px gives 84 tokens for 100 queries: torch selects all 84; the export (k fixed) adds
+    placeholder queries that score zero, so the detections are the same."""
+    pytest.importorskip("onnxruntime")
+    model = create("n-ly", 3).eval()
+    path = leyolo.Detector(model).export(tmp_path / "small.onnx", imgsz=128)
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        want = model.decode(model(x)).numpy()
+    got = _ort_run(path, x)
+    assert want.shape[-1] == 84 and got.shape[-1] == 100
+    assert np.all(got[0, 4:, 84:] < 1e-6)  # the placeholders
+    np.testing.assert_allclose(_by_query(got[:, :, :84]), _by_query(want), atol=1e-4, rtol=1e-4)

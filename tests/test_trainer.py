@@ -343,12 +343,13 @@ def test_multi_scale(data, tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------------------ 8. DDP (gloo, CPU)
-def test_ddp_two_cpu_processes(data, tmp_path, capsys):
+@pytest.mark.parametrize("model", ["leyolo-n", "le-detr-n-ly"])  # a dense head and a set predictor (its own recipe)
+def test_ddp_two_cpu_processes(data, tmp_path, capsys, model):
     project = tmp_path / "runs"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env.pop("RANK", None), env.pop("WORLD_SIZE", None), env.pop("LOCAL_RANK", None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), "-m", "leyolo", "train", "--model", "leyolo-n", "--data", str(data),
+           "--master_port", str(_free_port()), "-m", "leyolo", "train", "--model", model, "--data", str(data),
            "--epochs", "1", "--imgsz", str(IMG), "--batch", "4", "--workers", "0", "--project", str(project),
            "--name", "ddp", "--device", "cpu"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)

@@ -250,16 +250,6 @@ class DetrDecoder(nn.Module):
             unused.append(self.denoising_class_embed)
         return unused
 
-    def _query_count(self, tokens: Any) -> int:
-        """``queries``, or every token of an input too small to hold that many (eager only: an export
-        keeps ``queries`` fixed, so exported graphs need inputs with at least that many tokens)."""
-        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
-            if int(tokens) < self.queries:
-                raise ValueError(f"export at a larger size: the input has {int(tokens)} tokens, fewer than the "
-                                 f"{self.queries} queries")
-            return self.queries
-        return min(self.queries, int(tokens))
-
     def anchors(self, shapes: list[tuple[Any, Any]], like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Grid anchors in logit space ``[1, N, 4]`` (size 0.05 * 2^level) and the valid mask ``[1, N, 1]``."""
         out = []
@@ -284,9 +274,17 @@ class DetrDecoder(nn.Module):
         memory = torch.cat([f.flatten(2).transpose(1, 2) for f in feats], 1)  # [B, N, C]
         values = [f.reshape(b * self.heads, self.dim // self.heads, f.shape[2], f.shape[3]) for f in feats]
         anchors, valid = self.anchors(shapes, memory)
+        exporting = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+        if exporting:  # `queries` placeholder tokens: an export keeps k fixed and still takes inputs with fewer tokens
+            memory = torch.cat((memory, memory.new_zeros(b, self.queries, self.dim)), 1)
+            anchors = torch.cat((anchors, anchors.new_zeros(1, self.queries, 4)), 1)
+            valid = torch.cat((valid, valid.new_zeros(1, self.queries, 1)), 1)
         selected = self.enc_output(memory * valid.to(memory.dtype))
         enc_logits = self.enc_score_head(selected)
-        k = self._query_count(memory.shape[1])
+        if exporting:  # placeholders are chosen only when the map has fewer tokens than queries
+            enc_logits = enc_logits[:, :-self.queries]
+            enc_logits = torch.cat((enc_logits, enc_logits.new_full((b, self.queries, self.nc), -1e4)), 1)
+        k = self.queries if exporting else min(self.queries, int(memory.shape[1]))
         index = enc_logits.max(-1).values.topk(k, dim=1).indices  # [B, k]
         top_memory = selected.gather(1, index[..., None].expand(b, k, self.dim))
         top_anchors = anchors.expand(b, -1, -1).gather(1, index[..., None].expand(b, k, 4))
@@ -307,9 +305,16 @@ class DetrDecoder(nn.Module):
             content = torch.cat((dn.embed, content), 1)
             ref_unact = torch.cat((dn.boxes, ref_unact), 1)
             mask = ~dn.attn_mask  # scaled_dot_product_attention: True = may attend
+        real = None
+        if exporting and not self.training:  # placeholders are invisible to the real queries and score zero
+            real = valid.expand(b, -1, -1).gather(1, index[..., None])  # [B, k, 1]
+            mask = real.transpose(1, 2)[:, None]  # [B, 1, 1, k]: keys that may be attended to
         outs = self._layers(content, ref_unact, values, mask)
         if not self.training:
-            return {"logits": outs["logits"][-1], "boxes": outs["boxes"][-1]}
+            logits = outs["logits"][-1]
+            if real is not None:
+                logits = torch.where(real, logits, torch.full_like(logits, -1e4))
+            return {"logits": logits, "boxes": outs["boxes"][-1]}
         split = dn.num_dn if dn is not None else 0
 
         def part(i: int, sl: slice) -> dict:
