@@ -275,7 +275,6 @@ def _version() -> str:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from .api import load
     from .models.summary import extra_gflops, layer_table
 
     detector = _load(args)
@@ -304,7 +303,6 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .api import load
     from .inference.live import open_source
     from .inference.writers import PredictionWriter
 
@@ -326,7 +324,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_val(args: argparse.Namespace) -> int:
-    from .api import load
     from .engine.evaluator import format_metrics
     from .inference.writers import next_free_dir
 
@@ -362,7 +359,6 @@ def cmd_val(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .api import load
 
     detector = _load(args)
     path = detector.export(args.out, format=args.format, imgsz=args.imgsz, dynamic=args.dynamic, half=args.half,
