@@ -161,7 +161,10 @@ class Trainer:
             if not scratch:
                 raise LeyoloError("--backbone-weights starts a model trained from scratch (a registered name); "
                                   f"{cfg.model} already has weights")
-            copied = model.init_backbone(load_model(cfg.backbone_weights))
+            try:
+                copied = model.init_backbone(load_model(cfg.backbone_weights))
+            except ValueError as err:
+                raise LeyoloError(f"--backbone-weights: {err}") from None
             log.info("backbone: %d tensors from %s", copied, cfg.backbone_weights)
         self.config = cfg = cfg.resolved(pretrained=not scratch, family=recipe_family(model))
         self.spec = spec

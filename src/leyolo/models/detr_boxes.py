@@ -10,6 +10,8 @@ so they live here, torch-only, and avoid Python control flow on tensor values (O
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -113,3 +115,15 @@ def split_targets(targets: Tensor, batch: int, scale: Tensor) -> tuple[list[Tens
         labels.append(rows[:, 1].long())
         boxes.append(xyxy_to_cxcywh((rows[:, 2:6] / scale.float()).clamp(0, 1)))
     return labels, boxes
+
+
+def runtime_grid(h: Any, w: Any, like: Tensor, offset: float = 0.0) -> tuple[Tensor, Tensor]:
+    """Row and column coordinates ``[h, w]`` (``0 + offset .. n - 1 + offset``) built from the runtime sizes.
+
+    A cumulative sum of ones rather than ``torch.arange(h)``: traced, it keeps ``h`` and ``w`` symbolic, so
+    positions and anchors follow the input size of a dynamic ONNX export.
+    """
+    one = like.new_ones(())
+    ys = torch.cumsum(one.expand(h), 0) - 1 + offset
+    xs = torch.cumsum(one.expand(w), 0) - 1 + offset
+    return torch.meshgrid(ys, xs, indexing="ij")

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .denoising import DenoisingBatch, denoising_queries
-from .detr_boxes import distance_to_box, distribution_to_distance, inverse_sigmoid, weighting_function
+from .detr_boxes import distance_to_box, distribution_to_distance, inverse_sigmoid, runtime_grid, weighting_function
 
 
 def prior_bias(prob: float) -> float:
@@ -253,11 +253,9 @@ class DetrDecoder(nn.Module):
     def anchors(self, shapes: list[tuple[Any, Any]], like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Grid anchors in logit space ``[1, N, 4]`` (size 0.05 * 2^level) and the valid mask ``[1, N, 1]``."""
         out = []
-        one = like.new_ones(())
         for level, (h, w) in enumerate(shapes):
-            ys = torch.cumsum(one.expand(h), 0) - 0.5  # arange + 0.5, traced from the runtime size
-            xs = torch.cumsum(one.expand(w), 0) - 0.5
-            gy, gx = torch.meshgrid(ys / h, xs / w, indexing="ij")
+            gy, gx = runtime_grid(h, w, like, offset=0.5)  # cell centres
+            gy, gx = gy / h, gx / w
             wh = torch.full_like(gx, self.anchor_size * 2.0 ** level)
             out.append(torch.stack((gx, gy, wh, wh), -1).reshape(-1, 4))
         anchors = torch.cat(out, 0)[None]

@@ -17,16 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .detr_boxes import runtime_grid
 from .efficientnat import ConvNormAct
 from .neighborhood import NeighborhoodAttention1d, NeighborhoodAttention2d
 
 
 def sincos_2d(h: int, w: int, dim: int, temperature: float = 10000.0, *, like: torch.Tensor) -> torch.Tensor:
     """RT-DETR's 2-D sin-cos position embedding ``[1, h*w, dim]``, computed in-graph (dynamic export sizes)."""
-    ref = like.new_ones(())
-    ys = torch.cumsum(ref.expand(h), 0) - 1  # arange in the graph, from the runtime size
-    xs = torch.cumsum(ref.expand(w), 0) - 1
-    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    gy, gx = runtime_grid(h, w, like)
     quarter = dim // 4
     omega = 1.0 / temperature ** (torch.arange(quarter, dtype=like.dtype, device=like.device) / quarter)
     out_x = gx.reshape(-1, 1) * omega

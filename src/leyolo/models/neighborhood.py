@@ -208,6 +208,14 @@ def na2d(q: Tensor, k: Tensor, v: Tensor, kernel: int, dilation: int = 1, rpb: T
     return _na(q, k, v, kernel, dilation, rpb, backend)
 
 
+def _setup(module: nn.Module, dim: int, heads: int, kernel: int, dilation: int, backend: str) -> None:
+    """The settings both NA modules check and keep."""
+    if dim % heads:
+        raise ValueError(f"dim {dim} is not divisible by heads {heads}")
+    _check(kernel, dilation, backend)
+    module.heads, module.kernel, module.dilation, module.backend = heads, kernel, dilation, backend
+
+
 class NeighborhoodAttention2d(nn.Module):
     """NA over a channels-last map ``[B, H, W, C]``; parameter names and layout are NATTEN's
     ``NeighborhoodAttention2D`` (fused ``qkv``, ``rpb``, ``proj``), so its checkpoints load as-is."""
@@ -215,10 +223,7 @@ class NeighborhoodAttention2d(nn.Module):
     def __init__(self, dim: int, heads: int, kernel: int = 7, dilation: int = 1, qkv_bias: bool = True,
                  rpb: bool = True, backend: str = "auto") -> None:
         super().__init__()
-        if dim % heads:
-            raise ValueError(f"dim {dim} is not divisible by heads {heads}")
-        _check(kernel, dilation, backend)
-        self.heads, self.kernel, self.dilation, self.backend = heads, kernel, dilation, backend
+        _setup(self, dim, heads, kernel, dilation, backend)
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.rpb = nn.Parameter(nn.init.trunc_normal_(torch.zeros(heads, 2 * kernel - 1, 2 * kernel - 1), std=0.02,
                                                       a=-2.0, b=2.0)) if rpb else None  # as NATTEN's init
@@ -241,10 +246,7 @@ class NeighborhoodAttention1d(nn.Module):
     def __init__(self, dim: int, heads: int, kernel: int = 63, dilation: int = 1, qkv_bias: bool = True,
                  rpb: bool = False, backend: str = "auto") -> None:
         super().__init__()
-        if dim % heads:
-            raise ValueError(f"dim {dim} is not divisible by heads {heads}")
-        _check(kernel, dilation, backend)
-        self.heads, self.kernel, self.dilation, self.backend = heads, kernel, dilation, backend
+        _setup(self, dim, heads, kernel, dilation, backend)
         self.q, self.k, self.v = (nn.Linear(dim, dim, bias=qkv_bias) for _ in range(3))
         self.rpb = nn.Parameter(nn.init.trunc_normal_(torch.zeros(heads, 2 * kernel - 1), std=0.02, a=-2.0, b=2.0)) \
             if rpb else None
