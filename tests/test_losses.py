@@ -249,3 +249,38 @@ def test_tiny_overfit():
         losses.append(loss.item())
     assert all(math.isfinite(v) for v in losses)
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_channel_wise_feature_distillation_by_hand():
+    """CWD on a 1x2 map: teacher logits (0, ln 3) -> p = (1/4, 3/4); student (0, 0) -> q = (1/2, 1/2)."""
+    import math
+
+    from leyolo.losses.feature_distill import ChannelWiseDistillation
+
+    cwd = ChannelWiseDistillation([1], [1])  # equal widths: the adapter starts as the identity
+    teacher = torch.tensor([0.0, math.log(3.0)]).view(1, 1, 1, 2)
+    student = torch.zeros(1, 1, 1, 2, requires_grad=True)
+    expected = 0.25 * math.log(0.25 / 0.5) + 0.75 * math.log(0.75 / 0.5)  # 0.1308
+    loss = cwd([student], [teacher])
+    assert abs(loss.item() - expected) < 1e-6
+    assert abs(cwd([student.expand(3, -1, -1, -1)], [teacher.expand(3, -1, -1, -1)]).item() - 3 * expected) < 1e-5
+    assert cwd([teacher.clone()], [teacher]).item() < 1e-7  # identical maps: no loss
+    loss.backward()
+    assert student.grad.abs().sum() > 0 and cwd.align[0].weight.grad is not None
+    # temperature 2: T^2 KL of the softened distributions
+    soft = ChannelWiseDistillation([1], [1], temperature=2.0)
+    p = torch.tensor([1.0, 3.0 ** 0.5]) / (1 + 3.0 ** 0.5)
+    assert abs(soft([student], [teacher]).item() - 4 * float((p * (p / 0.5).log()).sum())) < 1e-6
+
+
+def test_feature_distillation_adapts_widths_and_rejects_mismatches():
+    from leyolo.errors import LeyoloError
+    from leyolo.losses.feature_distill import ChannelWiseDistillation
+
+    cwd = ChannelWiseDistillation([8, 16], [16, 32])
+    loss = cwd([torch.randn(2, 8, 4, 4), torch.randn(2, 16, 2, 2)], [torch.randn(2, 16, 4, 4), torch.randn(2, 32, 2, 2)])
+    assert loss.item() > 0
+    with pytest.raises(LeyoloError, match="shapes differ"):
+        cwd([torch.randn(2, 8, 4, 4), torch.randn(2, 16, 2, 2)], [torch.randn(2, 16, 8, 8), torch.randn(2, 32, 2, 2)])
+    with pytest.raises(LeyoloError, match="reads 2 maps"):
+        ChannelWiseDistillation([8, 16], [16])

@@ -295,6 +295,47 @@ def test_distillation(data, tmp_path):
         train("leyolo-n", str(data), epochs=1, project=str(tmp_path), name="kd3", teacher=str(wrong), **FAST)
 
 
+def test_feature_distillation_trains_adapters_and_resumes_exactly(data, tmp_path):
+    """Channel-wise feature distillation from a wider teacher: the 1x1 adapters learn, ride in the resume
+    state (not in the model), and a cut + resumed run repeats the uninterrupted one bit for bit."""
+    torch.manual_seed(1234)
+    teacher = Detector(leyolo.create_model("leyolo-s", nc=2, names=NAMES)).save(tmp_path / "teacher-s.safetensors")
+    opts = dict(epochs=2, plots=False, val=False, mosaic=1.0, close_mosaic=0, teacher=str(teacher),
+                distill_ratio=0.0, feature_distill=1.0, **FAST)
+    seen = {}
+
+    def adapters(trainer: Trainer) -> None:
+        seen.setdefault("start", {k: v.clone() for k, v in trainer.distiller.state_dict().items()})
+
+    train("leyolo-n", str(data), project=str(tmp_path), name="whole", callbacks={"before_train": [adapters]}, **opts)
+    rows = read_results(tmp_path / "whole" / "results.csv")
+    assert all(r["train/feat"] > 0 for r in rows) and "train/distill" not in rows[0]  # feature term only
+    whole, _ = load_native(tmp_path / "whole" / "weights" / "last.safetensors")
+    learnt = {k[len(TRAIN_PREFIX + "distill."):]: v for k, v in whole.items() if k.startswith(TRAIN_PREFIX + "distill.")}
+    assert set(learnt) == set(seen["start"]) and any(not torch.equal(learnt[k], seen["start"][k]) for k in learnt)
+    best, _ = load_native(tmp_path / "whole" / "weights" / "best.safetensors")
+    assert not any("distill" in k for k in best)  # the adapters are not part of the model
+    assert leyolo.load(tmp_path / "whole" / "weights" / "best.safetensors").names == NAMES
+
+    def stop(trainer: Trainer) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train("leyolo-n", str(data), project=str(tmp_path), name="cut", callbacks={"after_epoch": [stop]}, **opts)
+    train(resume=tmp_path / "cut")
+    cut_rows = read_results(tmp_path / "cut" / "results.csv")
+    assert [r["train/feat"] for r in cut_rows] == [r["train/feat"] for r in rows]
+    cut, _ = load_native(tmp_path / "cut" / "weights" / "last.safetensors")
+    for key, value in whole.items():
+        if not key.endswith("rng.torch"):
+            torch.testing.assert_close(cut[key], value, rtol=0, atol=0, msg=key)
+
+    with pytest.raises(LeyoloError, match="--feature-distill needs --teacher"):
+        train("leyolo-n", str(data), epochs=1, project=str(tmp_path), name="nt", feature_distill=1.0, **FAST)
+    assert main(["train", "--model", "leyolo-n", "--data", str(data), "--epochs", "1", "--imgsz", str(IMG),
+                 "--feature-distill", "1", "--project", str(tmp_path), "--name", "cli"]) != 0
+
+
 # ------------------------------------------------------------------------------ 6. bad labels
 def test_bad_labels_are_logged_and_skipped(tmp_path, caplog):
     yaml_path = make_dataset(tmp_path / "bad", n_train=8, n_val=2)

@@ -220,7 +220,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone-weights",
                    help="le-detr-n-ly: start its LeYOLO backbone from these LeYOLO-nano weights (e.g. the published "
                         "COCO checkpoint); the rest starts from scratch")
-    p.add_argument("--distill-ratio", type=float, default=1.0, help="weight of the distillation loss")
+    p.add_argument("--distill-ratio", type=float, default=1.0,
+                   help="weight of the logit-level distillation loss (0 = off; with --teacher)")
+    p.add_argument("--feature-distill", type=float, default=0.0,
+                   help="weight of feature-level distillation (channel-wise KL on the neck maps through learnt "
+                        "1x1 adapters; with --teacher; 0 = off)")
+    p.add_argument("--feature-temperature", type=float, default=1.0, help="softening temperature of --feature-distill")
     p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm under DDP on GPUs")
     p.add_argument("--seed", type=int, default=0, help="seed of weights init, data order and augmentation")
     p.add_argument("--no-val", action="store_true", help="skip per-epoch validation")
@@ -381,7 +386,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 TRAIN_FIELDS = ("epochs", "time", "min_epochs", "imgsz", "batch", "nbs", "workers", "device", "threads", "project",
                 "name", "exist_ok", "recipe", "optimizer", "lr0", "lrf", "cos_lr", "backbone_lr", "weight_decay", "grad_clip", "warmup_epochs", "mosaic", "mixup", "close_mosaic", "multi_scale",
-                "focal_gamma", "class_weights", "detr_cls_loss", "weighted_sampler", "teacher", "backbone_weights", "distill_ratio", "sync_bn", "seed")
+                "focal_gamma", "class_weights", "detr_cls_loss", "weighted_sampler", "teacher", "backbone_weights", "distill_ratio",
+                "feature_distill", "feature_temperature", "sync_bn", "seed")
 
 
 def _launch_distributed(args: argparse.Namespace) -> int:

@@ -50,8 +50,11 @@ def _optimizer_from_tensors(tensors: dict[str, torch.Tensor], info: dict[str, An
 
 
 def save_checkpoint(path: Path, ema_model, imgsz: int, *, model=None, optimizer=None,
-                    train_state: dict | None = None) -> Path:
+                    train_state: dict | None = None, extra: dict[str, Any] | None = None) -> Path:
     """Write ``path``: EMA weights + metadata, and, when ``model``/``optimizer`` are given, the resume state.
+
+    ``extra``: modules trained beside the model but not part of it (distillation adapters), stored
+    as ``train.<name>.*`` with the resume state; ``module_state`` reads them back.
 
     No data-side random state is stored: the trainer derives it from (seed, epoch) at every epoch.
     """
@@ -65,6 +68,8 @@ def save_checkpoint(path: Path, ema_model, imgsz: int, *, model=None, optimizer=
         optim_tensors, optim_info = _optimizer_to_tensors(optimizer)
         tensors.update(optim_tensors)
         tensors[f"{TRAIN_PREFIX}rng.torch"] = torch.get_rng_state()
+        for name, module in (extra or {}).items():
+            tensors.update({f"{TRAIN_PREFIX}{name}.{k}": v.detach() for k, v in module.state_dict().items()})
         meta["train"]["optimizer"] = optim_info
     return save_native(tensors, meta, path)
 
@@ -85,3 +90,9 @@ def split_resume_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]):
     info = meta["train"].get("optimizer")
     optim = _optimizer_from_tensors(tensors, info) if info else None
     return ema, raw or None, optim, tensors.get(f"{TRAIN_PREFIX}rng.torch")
+
+
+def module_state(tensors: dict[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:
+    """The state dict ``save_checkpoint(extra={name: module})`` stored (empty when there is none)."""
+    prefix = f"{TRAIN_PREFIX}{name}."
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}

@@ -96,6 +96,8 @@ class TrainConfig(AugmentConfig):
     backbone_weights: str | None = None  # from scratch: start the backbone from these weights (model.init_backbone)
     distill_ratio: float = 1.0
     distill_temperature: float = 2.0
+    feature_distill: float = 0.0  # weight of channel-wise feature distillation (losses/feature_distill.py); 0 = off
+    feature_temperature: float = 1.0
     val: bool = True
     plots: bool = True
     progress: bool = True  # a progress bar per epoch (stderr)
@@ -127,6 +129,10 @@ class TrainConfig(AugmentConfig):
             raise LeyoloError("--time must be a positive number of minutes")
         if self.class_weights not in (None, "median"):
             raise LeyoloError("--class-weights must be 'median'")
+        if self.distill_ratio < 0 or self.feature_distill < 0:
+            raise LeyoloError("--distill-ratio and --feature-distill must be >= 0")
+        if self.feature_distill > 0 and not self.teacher:
+            raise LeyoloError("--feature-distill needs --teacher (the model whose features the student matches)")
         if not 0 <= self.multi_scale < 1:
             raise LeyoloError("--multi-scale must be in [0, 1)")
 

@@ -31,11 +31,12 @@ from ..errors import LeyoloError
 from ..inference.backends import TorchBackend, torch_device
 from ..inference.predictor import Predictor
 from ..losses import build_criterion
+from ..losses.feature_distill import ChannelWiseDistillation, HeadInputs, head_input_channels
 from ..models.base import DetectionModel
 from ..models.registry import create_model, get_entry, list_models
 from ..weights.loading import load_model
 from ..weights.native import read_native_metadata
-from .checkpoint import load_checkpoint, save_checkpoint, split_resume_state
+from .checkpoint import load_checkpoint, module_state, save_checkpoint, split_resume_state
 from .config import TrainConfig
 from .ema import ModelEMA, unwrap
 from .optim import build_optimizer, lr_lambda, warmup_value
@@ -193,6 +194,7 @@ class Trainer:
             if teacher.nc != model.nc:
                 raise LeyoloError(f"{cfg.teacher}: the teacher must be PyTorch weights with {model.nc} classes")
             self.teacher = teacher.to(self.device).eval().requires_grad_(False)
+        self.distiller = self._build_distiller(model)
         if cfg.sync_bn and self.distributed and self.device.type == "cuda":
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.batch_size = max(cfg.batch // self.world_size, 1)
@@ -200,12 +202,20 @@ class Trainer:
         weight_decay = cfg.weight_decay * self.batch_size * self.world_size * self.accumulate / cfg.nbs
         self.optimizer = build_optimizer(self.model, cfg.optimizer, cfg.lr0, cfg.momentum, weight_decay,
                                          backbone_lr=cfg.backbone_lr)
+        if self.distiller is not None:  # the adapters learn with the student, at its lr, without decay
+            self.optimizer.add_param_group({"params": list(self.distiller.parameters()), "weight_decay": 0.0,
+                                            "kind": "distill", "lr_scale": 1.0})
         self.ema = ModelEMA(self.model, cfg.ema_decay)
         if resume_tensors is not None:
             self._restore(resume_tensors, resume_meta)
+        self.head_inputs: tuple[HeadInputs, HeadInputs] | None = None
+        if self.distiller is not None:  # hooks after the EMA copy, so the EMA model carries none
+            self.head_inputs = (HeadInputs(self.model, "student"), HeadInputs(self.teacher, "teacher"))
         if self.distributed:
             ids = [self.local_rank] if self.device.type == "cuda" else None
             self.model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+            if self.distiller is not None:
+                self.distiller = nn.parallel.DistributedDataParallel(self.distiller, device_ids=ids)
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and self.device.type == "cuda")
         self.loader = self._build_loader()
         if not getattr(self, "save_dir", None):
@@ -213,6 +223,18 @@ class Trainer:
         self.weights_dir = self.save_dir / "weights"
         if self.is_main:
             self.weights_dir.mkdir(parents=True, exist_ok=True)
+
+    def _build_distiller(self, model: DetectionModel) -> ChannelWiseDistillation | None:
+        """With ``--feature-distill``: adapters from the student's head inputs to the teacher's."""
+        cfg = self.config
+        if cfg.feature_distill <= 0:
+            return None
+        if self.teacher is None or model.output_kind != "dense" or self.teacher.output_kind != "dense":
+            raise LeyoloError("--feature-distill needs --teacher, and both models with dense heads (LeYOLO, YOLOv12)")
+        student = head_input_channels(model, cfg.imgsz, "student")
+        teacher = head_input_channels(self.teacher, cfg.imgsz, "teacher")
+        log.info("feature distillation: student maps %s -> teacher maps %s (1x1 adapters)", student, teacher)
+        return ChannelWiseDistillation(student, teacher, cfg.feature_temperature).to(self.device)
 
     def _build_loader(self):
         sampler = None
@@ -228,6 +250,11 @@ class Trainer:
         self.model.load_state_dict(raw or ema)
         self.ema.ema.load_state_dict(ema)
         self.ema.updates = int(state.get("ema_updates", 0))
+        if self.distiller is not None:
+            saved = module_state(tensors, "distill")
+            if not saved:
+                raise LeyoloError("this checkpoint was trained without --feature-distill: resume it without")
+            self.distiller.load_state_dict(saved)
         if optim is not None:
             self.optimizer.load_state_dict(optim)
         if torch_rng is not None:
@@ -248,6 +275,8 @@ class Trainer:
             return self._train()
         finally:
             torch.set_num_threads(threads)
+            for hook in getattr(self, "head_inputs", None) or ():
+                hook.remove()
             saved = getattr(self, "_global_rng", None)
             if saved is not None:
                 random.setstate(saved[0])
@@ -448,6 +477,11 @@ class Trainer:
                     teacher_raw = self.teacher(images)
                 loss, items = self.criterion(raw, targets, teacher_raw=teacher_raw, distill_ratio=cfg.distill_ratio,
                                              distill_temperature=cfg.distill_temperature)
+                if self.head_inputs is not None:
+                    student_maps, teacher_maps = (h.take() for h in self.head_inputs)
+                    feat = self.distiller(student_maps, teacher_maps)
+                    loss = loss + cfg.feature_distill * feat
+                    items = {**items, "feat": feat.detach() / images.shape[0]}  # per image, as the others
         if self.distributed and getattr(self.criterion, "batch_sum", True):
             loss = loss * self.world_size  # DDP averages gradients; a batch-sum loss must stay a sum
         if not torch.isfinite(loss):
@@ -489,8 +523,9 @@ class Trainer:
         state = {"epoch": epoch, "epochs": self.epochs, "best_fitness": self.best_fitness,
                  "ema_updates": self.ema.updates, "elapsed": self.elapsed(), "epoch_times": self.epoch_times,
                  "config": cfg.to_dict(), "save_dir": str(self.save_dir), "metrics": _plain(self.metrics)}
+        extra = {"distill": unwrap(self.distiller)} if self.distiller is not None else None
         save_checkpoint(self.weights_dir / "last.safetensors", self.ema.ema, cfg.imgsz, model=unwrap(self.model),
-                        optimizer=self.optimizer, train_state=state)
+                        optimizer=self.optimizer, train_state=state, extra=extra)
         if improved:
             save_checkpoint(self.weights_dir / "best.safetensors", self.ema.ema, cfg.imgsz,
                             train_state={k: v for k, v in state.items() if k != "epoch_times"})
