@@ -25,7 +25,9 @@ from leyolo.models.registry import create_model
 
 PNG = b"\x89PNG\r\n\x1a\n"
 HAVE_QUANTIZE = importlib.util.find_spec("leyolo.tools.quantize") is not None
-INT8_MAP_TOLERANCE = 0.02  # static INT8 (percentile, all 96 train images, no float layers): measured 0.003
+# static INT8 (percentile, all 96 train images, no float layers) against fp32 on 16 val images: measured 0.003
+# on one VM and 0.021 on another (onnxruntime's INT8 kernels differ by CPU; one box moves mAP50 by ~0.02 here)
+INT8_MAP_TOLERANCE = 0.04
 TIMED = ("latency_ms", "p95_ms", "p99_ms", "throughput_ips")
 
 
