@@ -131,6 +131,8 @@ class TrainConfig(AugmentConfig):
             raise LeyoloError("--class-weights must be 'median'")
         if self.distill_ratio < 0 or self.feature_distill < 0:
             raise LeyoloError("--distill-ratio and --feature-distill must be >= 0")
+        if self.feature_temperature <= 0:
+            raise LeyoloError("--feature-temperature must be positive")
         if self.feature_distill > 0 and not self.teacher:
             raise LeyoloError("--feature-distill needs --teacher (the model whose features the student matches)")
         if not 0 <= self.multi_scale < 1:

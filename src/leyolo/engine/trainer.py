@@ -229,8 +229,8 @@ class Trainer:
         cfg = self.config
         if cfg.feature_distill <= 0:
             return None
-        if self.teacher is None or model.output_kind != "dense" or self.teacher.output_kind != "dense":
-            raise LeyoloError("--feature-distill needs --teacher, and both models with dense heads (LeYOLO, YOLOv12)")
+        if model.output_kind != "dense" or self.teacher.output_kind != "dense":  # config.check: a teacher is set
+            raise LeyoloError("--feature-distill needs dense-head student and teacher (LeYOLO, YOLOv12)")
         student = head_input_channels(model, cfg.imgsz, "student")
         teacher = head_input_channels(self.teacher, cfg.imgsz, "teacher")
         log.info("feature distillation: student maps %s -> teacher maps %s (1x1 adapters)", student, teacher)

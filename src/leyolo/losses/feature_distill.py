@@ -19,7 +19,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import LeyoloError
@@ -88,7 +87,7 @@ class ChannelWiseDistillation(nn.Module):
             raise LeyoloError(f"feature distillation: the student's head reads {len(student_channels)} maps, "
                               f"the teacher's {len(teacher_channels)}")
         if temperature <= 0:
-            raise LeyoloError("--feature-temperature must be positive")
+            raise ValueError(f"temperature must be positive, got {temperature}")
         self.temperature = float(temperature)
         self.align = nn.ModuleList(nn.Conv2d(s, t, 1) for s, t in zip(student_channels, teacher_channels))
         for conv in self.align:  # start near the identity where widths match: an untrained adapter is no noise
